@@ -1,0 +1,1 @@
+"""cryospa.cli."""

@@ -1,0 +1,215 @@
+"""Fourier-space basics: frequency grids, centring, sub-pixel shifts, Fourier crop / pad.
+
+Conventions: ``rfftn`` over the last 2 (images) or 3 (volumes) axes with the DC at index 0 and
+the half axis last (x). Real-space centre at pixel ``n // 2``. Frequencies are in cycles per pixel,
+or in 1/Å when a pixel size is given. Filters, radial averages and spectra live in
+:mod:`cryospa.core.filters`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "centre_to_origin",
+    "fourier_crop",
+    "fourier_pad",
+    "fourier_rescale",
+    "frequency_grid_2d",
+    "frequency_grid_3d",
+    "origin_to_centre",
+    "phase_shift_2d",
+    "radius_grid_2d",
+    "radius_grid_3d",
+    "shift_images",
+]
+
+
+def frequency_grid_2d(
+    shape: tuple[int, int],
+    pixel_size_angstrom: float = 1.0,
+    *,
+    rfft: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spatial frequencies (ky, kx) of the (r)fft grid of an ``(h, w)`` image.
+
+    Returns two ``(h, w // 2 + 1)`` (rfft) or ``(h, w)`` tensors in 1/Å (cycles per pixel when
+    ``pixel_size_angstrom`` is 1).
+    """
+    h, w = shape
+    ky = torch.fft.fftfreq(h, d=pixel_size_angstrom, device=device, dtype=dtype)
+    if rfft:
+        kx = torch.fft.rfftfreq(w, d=pixel_size_angstrom, device=device, dtype=dtype)
+    else:
+        kx = torch.fft.fftfreq(w, d=pixel_size_angstrom, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ky, kx, indexing="ij")
+    return gy, gx
+
+
+def frequency_grid_3d(
+    shape: tuple[int, int, int],
+    pixel_size_angstrom: float = 1.0,
+    *,
+    rfft: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spatial frequencies (kz, ky, kx) of the (r)fft grid of a ``(d, h, w)`` volume."""
+    d, h, w = shape
+    kz = torch.fft.fftfreq(d, d=pixel_size_angstrom, device=device, dtype=dtype)
+    ky = torch.fft.fftfreq(h, d=pixel_size_angstrom, device=device, dtype=dtype)
+    if rfft:
+        kx = torch.fft.rfftfreq(w, d=pixel_size_angstrom, device=device, dtype=dtype)
+    else:
+        kx = torch.fft.fftfreq(w, d=pixel_size_angstrom, device=device, dtype=dtype)
+    gz, gy, gx = torch.meshgrid(kz, ky, kx, indexing="ij")
+    return gz, gy, gx
+
+
+def radius_grid_2d(
+    shape: tuple[int, int],
+    *,
+    rfft: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Fourier radius in pixels (Fourier index units, ``k * n``) of an ``(h, w)`` (r)fft grid.
+
+    For a square image the value is the shell index ``|k| * n``; for a non-square one each axis
+    is scaled by its own size (radius relative to the x axis size ``w``).
+    """
+    ky, kx = frequency_grid_2d(shape, rfft=rfft, device=device, dtype=dtype)
+    return torch.sqrt((ky * shape[0]) ** 2 + (kx * shape[1]) ** 2)
+
+
+def radius_grid_3d(
+    shape: tuple[int, int, int],
+    *,
+    rfft: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Fourier radius in pixels (``|k| * n``) of a ``(d, h, w)`` (r)fft grid."""
+    kz, ky, kx = frequency_grid_3d(shape, rfft=rfft, device=device, dtype=dtype)
+    return torch.sqrt((kz * shape[0]) ** 2 + (ky * shape[1]) ** 2 + (kx * shape[2]) ** 2)
+
+
+def centre_to_origin(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Roll the last ``ndim`` axes so pixel ``n // 2`` moves to index 0 (before an FFT)."""
+    dims = tuple(range(-ndim, 0))
+    shifts = tuple(-(x.shape[d] // 2) for d in dims)
+    return torch.roll(x, shifts=shifts, dims=dims)
+
+
+def origin_to_centre(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Inverse of :func:`centre_to_origin` (after an inverse FFT)."""
+    dims = tuple(range(-ndim, 0))
+    shifts = tuple(x.shape[d] // 2 for d in dims)
+    return torch.roll(x, shifts=shifts, dims=dims)
+
+
+def phase_shift_2d(
+    shape: tuple[int, int],
+    shifts_px: torch.Tensor,
+    *,
+    rfft: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Phase ramps that translate images by ``shifts_px``.
+
+    Parameters
+    ----------
+    shape
+        ``(h, w)`` real-space image size.
+    shifts_px
+        ``(..., 2)`` shifts (dx, dy) in pixels; positive moves content towards larger x / y.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., h, w // 2 + 1)`` complex factors ``exp(-2 pi i (kx dx + ky dy))``.
+    """
+    real_dtype = shifts_px.dtype if shifts_px.is_floating_point() else torch.float32
+    ky, kx = frequency_grid_2d(shape, rfft=rfft, device=device or shifts_px.device, dtype=real_dtype)
+    dx = shifts_px[..., 0, None, None]
+    dy = shifts_px[..., 1, None, None]
+    phase = -2.0 * math.pi * (kx * dx + ky * dy)
+    return torch.polar(torch.ones_like(phase), phase)
+
+
+def shift_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
+    """Translate ``(..., h, w)`` real images by ``(..., 2)`` sub-pixel shifts (dx, dy) in pixels.
+
+    Periodic boundary (the content wraps around), exact for band-limited images.
+    """
+    h, w = images.shape[-2:]
+    ramp = phase_shift_2d((h, w), shifts_px.to(images.dtype), device=images.device)
+    return torch.fft.irfft2(torch.fft.rfft2(images) * ramp, s=(h, w))
+
+
+def _centred_crop_or_pad_fft(f: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
+    """Crop or zero-pad a full (non-r) FFT, DC at index 0, over the last len(new_shape) axes."""
+    ndim = len(new_shape)
+    dims = tuple(range(-ndim, 0))
+    old_shape = tuple(f.shape[d] for d in dims)
+    fc = torch.fft.fftshift(f, dim=dims)
+    out = torch.zeros((*f.shape[:-ndim], *new_shape), dtype=f.dtype, device=f.device)
+    src = []
+    dst = []
+    for o, n in zip(old_shape, new_shape, strict=True):
+        m = min(o, n)
+        # centre element (DC) at index size // 2 after fftshift
+        so = o // 2 - m // 2
+        sn = n // 2 - m // 2
+        src.append(slice(so, so + m))
+        dst.append(slice(sn, sn + m))
+    out[(..., *dst)] = fc[(..., *src)]
+    return torch.fft.ifftshift(out, dim=dims)
+
+
+def fourier_crop(x: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
+    """Down-sample real images / volumes by cropping their Fourier transform.
+
+    Parameters
+    ----------
+    x
+        ``(..., *shape)`` real array; the last ``len(new_shape)`` axes are resampled.
+    new_shape
+        Target size per axis (each <= the current size).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., *new_shape)``, scaled so that the mean value (and hence densities) are kept.
+        The pixel size grows by ``old / new``.
+    """
+    return fourier_rescale(x, new_shape)
+
+
+def fourier_pad(x: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
+    """Up-sample real images / volumes by zero-padding their Fourier transform (sinc interpolation)."""
+    return fourier_rescale(x, new_shape)
+
+
+def fourier_rescale(x: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
+    """Resample the last ``len(new_shape)`` axes to ``new_shape`` in Fourier space (crop or pad).
+
+    Mean values are preserved. When a size is even after cropping, the Nyquist component is kept
+    from one side only (as RELION's ``resizeMap`` / ``windowFourierTransform`` do).
+    """
+    ndim = len(new_shape)
+    if ndim < 1 or x.ndim < ndim:
+        raise ValueError(f"cannot rescale an array of shape {tuple(x.shape)} to {new_shape}")
+    dims = tuple(range(-ndim, 0))
+    old_shape = tuple(x.shape[d] for d in dims)
+    if old_shape == tuple(new_shape):
+        return x.clone()
+    f = torch.fft.fftn(centre_to_origin(x, ndim), dim=dims)
+    g = _centred_crop_or_pad_fft(f, tuple(new_shape))
+    out = torch.fft.ifftn(g, dim=dims).real
+    scale = math.prod(new_shape) / math.prod(old_shape)
+    return origin_to_centre(out * scale, ndim).to(x.dtype)
