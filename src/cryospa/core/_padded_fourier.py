@@ -1,0 +1,206 @@
+"""Private helpers shared by projection and back-projection.
+
+A padded Fourier grid is stored "centred": for a real-space box of ``n`` pixels padded to
+``N = padding * n`` (even), the rfft over ``ndim`` axes is kept with the full axes fftshifted and
+extended by one sample, so index ``i`` holds frequency ``i - N // 2`` for ``i = 0 .. N`` (the extra
+sample at ``+N/2`` repeats ``-N/2`` by periodicity) and the half axis (x) holds ``0 .. N // 2``.
+Shapes: ``(..., N + 1, N // 2 + 1)`` in 2D and ``(..., N + 1, N + 1, N // 2 + 1)`` in 3D.
+
+Trilinear (bilinear) interpolation on this grid multiplies real space by ``prod_i sinc^2(x_i / N)``
+(the transform of the triangle kernel); :func:`gridding_correction` is that factor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cryospa.core.fourier import centre_to_origin, origin_to_centre
+
+
+def padded_size(box_size: int, padding_factor: float) -> int:
+    """Even padded box size ``N >= padding_factor * box_size``."""
+    n = round(box_size * padding_factor)
+    return n + (n % 2)
+
+
+def pad_real(x: torch.Tensor, new_size: int, ndim: int) -> torch.Tensor:
+    """Zero-pad the last ``ndim`` axes to ``new_size`` keeping pixel ``n // 2`` at ``N // 2``."""
+    n = x.shape[-1]
+    before = new_size // 2 - n // 2
+    after = new_size - n - before
+    return F.pad(x, [before, after] * ndim)
+
+
+def crop_real(x: torch.Tensor, box_size: int, ndim: int) -> torch.Tensor:
+    """Inverse of :func:`pad_real`: crop the last ``ndim`` axes to ``box_size`` about the centre."""
+    big = x.shape[-1]
+    start = big // 2 - box_size // 2
+    sl = (slice(start, start + box_size),) * ndim
+    return x[(..., *sl)]
+
+
+def gridding_correction(
+    size: int, padded: int, ndim: int, *, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``prod_i sinc^2(x_i / padded)`` over a real-space box of ``size``, centre at ``size // 2``."""
+    x = (torch.arange(size, device=device, dtype=dtype) - size // 2) / padded
+    s = torch.sinc(x) ** 2  # torch.sinc is sin(pi x) / (pi x)
+    out = s
+    for _ in range(ndim - 1):
+        out = out[..., None] * s
+    # out[i, j, (k)] = s[i] s[j] (s[k]): separable kernel transform
+    return out
+
+
+def to_centred(ft: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Standard rfft layout (DC at 0) -> centred extended layout (see module docstring)."""
+    full_dims = tuple(range(-ndim, -1))
+    c = torch.fft.fftshift(ft, dim=full_dims)
+    for d in full_dims:
+        first = c.narrow(d, 0, 1)
+        c = torch.cat([c, first], dim=d)
+    return c
+
+
+def from_centred(c: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Centred extended layout -> standard rfft layout, folding the duplicated +N/2 samples in."""
+    full_dims = tuple(range(-ndim, -1))
+    for d in full_dims:
+        size = c.shape[d]
+        main = c.narrow(d, 0, size - 1).clone()
+        main.narrow(d, 0, 1).add_(c.narrow(d, size - 1, 1))
+        c = main
+    return torch.fft.ifftshift(c, dim=full_dims)
+
+
+def real_to_centred_ft(x: torch.Tensor, padded: int, ndim: int, *, correct: bool) -> torch.Tensor:
+    """Pad a real image/volume, optionally pre-divide by the gridding kernel, rfft, centre."""
+    xp = pad_real(x, padded, ndim)
+    if correct:
+        xp = xp / gridding_correction(padded, padded, ndim, device=x.device, dtype=x.dtype)
+    ft = torch.fft.rfftn(centre_to_origin(xp, ndim), dim=tuple(range(-ndim, 0)))
+    return to_centred(ft, ndim)
+
+
+def centred_ft_to_real(c: torch.Tensor, padded: int, box_size: int, ndim: int) -> torch.Tensor:
+    """Inverse of :func:`real_to_centred_ft` without the gridding division; crops to the box."""
+    ft = from_centred(c, ndim)
+    xp = torch.fft.irfftn(ft, s=(padded,) * ndim, dim=tuple(range(-ndim, 0)))
+    return crop_real(origin_to_centre(xp, ndim), box_size, ndim)
+
+
+def output_frequencies(
+    box_size: int, ndim_out: int, *, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Integer frequency coordinates of the rfft grid of a ``box_size`` image/volume.
+
+    Returns ``(*grid, ndim_out)`` with the components ordered (x, y[, z]).
+    """
+    kx = torch.fft.rfftfreq(box_size, device=device, dtype=dtype) * box_size
+    kf = torch.fft.fftfreq(box_size, device=device, dtype=dtype) * box_size
+    if ndim_out == 2:
+        gy, gx = torch.meshgrid(kf, kx, indexing="ij")
+        return torch.stack([gx, gy], dim=-1)
+    gz, gy, gx = torch.meshgrid(kf, kf, kx, indexing="ij")
+    return torch.stack([gx, gy, gz], dim=-1)
+
+
+def sample_centred(c: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Interpolate a centred padded FT at frequency coordinates, with Friedel symmetry.
+
+    Parameters
+    ----------
+    c
+        ``(C, N + 1, [N + 1,] N // 2 + 1)`` complex centred grid with ``C`` channels.
+    coords
+        ``(P, ndim)`` frequency coordinates (x, y[, z]) in padded-grid units.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C, P)`` complex interpolated values.
+    """
+    ndim = coords.shape[-1]
+    n_full = c.shape[-2]
+    half = n_full // 2
+    neg = coords[:, 0] < 0
+    coords = torch.where(neg[:, None], -coords, coords)
+    # normalised grid_sample coordinates, align_corners=True: -1 -> index 0, 1 -> index size-1
+    idx = coords.clone()
+    idx[:, 1:] += half
+    sizes = [c.shape[-1]] + [n_full] * (ndim - 1)
+    norm = torch.stack([2.0 * idx[:, i] / (sizes[i] - 1) - 1.0 for i in range(ndim)], dim=-1)
+    real = torch.view_as_real(c)  # (C, ..., 2)
+    chans = real.movedim(-1, 1).reshape(1, -1, *c.shape[1:])  # (1, 2C, ...)
+    grid = norm.reshape(1, 1, -1, ndim) if ndim == 2 else norm.reshape(1, 1, 1, -1, ndim)
+    out = F.grid_sample(chans, grid.to(chans.dtype), mode="bilinear", align_corners=True)
+    out = out.reshape(c.shape[0], 2, -1).movedim(1, -1).contiguous()
+    vals = torch.view_as_complex(out)  # (C, P)
+    return torch.where(neg[None, :], vals.conj(), vals)
+
+
+def scatter_centred(
+    data: torch.Tensor,
+    weight: torch.Tensor | None,
+    coords: torch.Tensor,
+    values: torch.Tensor,
+    value_weights: torch.Tensor | None,
+) -> None:
+    """Add values (and weights) into a centred padded grid by trilinear (bilinear) splatting.
+
+    Parameters
+    ----------
+    data
+        ``(N + 1, [N + 1,] N // 2 + 1)`` complex accumulator, modified in place.
+    weight
+        Same shape, real accumulator, modified in place (or None).
+    coords
+        ``(P, ndim)`` frequency coordinates (x, y[, z]) in padded-grid units, inside the grid.
+    values
+        ``(P,)`` complex values.
+    value_weights
+        ``(P,)`` real weights (e.g. CTF^2), or None.
+    """
+    ndim = coords.shape[-1]
+    half = data.shape[-2] // 2
+    neg = coords[:, 0] < 0
+    coords = torch.where(neg[:, None], -coords, coords)
+    values = torch.where(neg, values.conj(), values)
+    idx = coords.clone()
+    idx[:, 1:] += half
+    base = torch.floor(idx)
+    frac = idx - base
+    base = base.long()
+    shape = data.shape
+    strides = [1, shape[-1]] + ([shape[-1] * shape[-2]] if ndim == 3 else [])
+    flat_data = torch.view_as_real(data).view(-1, 2)
+    flat_weight = weight.view(-1) if weight is not None else None
+    limits = [shape[-1], *([shape[-2]] * (ndim - 1))]
+    for corner in range(2**ndim):
+        w = torch.ones_like(frac[:, 0])
+        flat = torch.zeros_like(base[:, 0])
+        inside = torch.ones_like(neg)
+        for axis in range(ndim):
+            bit = (corner >> axis) & 1
+            i = base[:, axis] + bit
+            w = w * (frac[:, axis] if bit else 1.0 - frac[:, axis])
+            inside = inside & (i >= 0) & (i < limits[axis])
+            flat = flat + i.clamp(0, limits[axis] - 1) * strides[axis]
+        w = torch.where(inside, w, torch.zeros_like(w))
+        contrib = torch.view_as_real(values * w)
+        flat_data.index_add_(0, flat, contrib.to(flat_data.dtype))
+        if flat_weight is not None and value_weights is not None:
+            flat_weight.index_add_(0, flat, (value_weights * w).to(flat_weight.dtype))
+
+
+def symmetrise_half_plane(c: torch.Tensor, ndim: int, *, conj: bool) -> None:
+    """Make the x = 0 plane of a centred accumulator Hermitian (add the Friedel mates), in place.
+
+    Splatting only into the x >= 0 half misses the mirrored contributions that samples near
+    x = 0 make to the x = 0 plane on the other side; they are the conjugated point reflection.
+    """
+    plane = c[..., 0]
+    flip_dims = tuple(range(-(ndim - 1), 0))
+    mate = torch.flip(plane, dims=flip_dims)
+    plane.add_(mate.conj() if conj else mate)
