@@ -16,7 +16,11 @@ from cryospa import __version__
 from cryospa.errors import CryospaError
 
 #: subcommand name -> module under cryospa.cli
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "reconstruct": "reconstruct",
+    "reproject": "reproject",
+    "fsc": "fsc",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ import torch
 
 from cryospa.core import _padded_fourier as pf
 from cryospa.core.fourier import origin_to_centre
+from cryospa.core.masks import soft_circle, soft_sphere
 
 __all__ = ["BackProjector", "backproject", "make_backprojector", "reconstruct"]
 
@@ -153,6 +154,8 @@ def reconstruct(
     tau2_fudge: float = 1.0,
     min_weight_fraction: float = 1e-3,
     gridding: bool = True,
+    mask_radius_px: float | None = -1.0,
+    mask_edge_px: float = 2.0,
 ) -> torch.Tensor:
     """Reconstruct the real-space map from the accumulators.
 
@@ -171,6 +174,10 @@ def reconstruct(
         Floor on the weights as a fraction of the mean non-zero weight (guards empty voxels).
     gridding
         Divide by the transform of the splatting kernel.
+    mask_radius_px
+        Zero the map beyond this radius (pixels) with a raised-cosine edge of ``mask_edge_px``,
+        as RELION does: the box corners hold only noise. ``-1`` (default): ``n / 2``; None: no
+        mask.
 
     Returns
     -------
@@ -203,4 +210,8 @@ def reconstruct(
         out = out / pf.gridding_correction(
             bp.box_size, bp.padded_size, nd, device=out.device, dtype=out.dtype
         )
+    if mask_radius_px is not None:
+        radius = bp.box_size / 2 if mask_radius_px < 0 else mask_radius_px
+        make = soft_sphere if nd == 3 else soft_circle
+        out = out * make(bp.box_size, radius, edge_width_px=mask_edge_px, device=out.device, dtype=out.dtype)
     return out
