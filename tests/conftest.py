@@ -34,7 +34,8 @@ def relion_available(program: str = "relion_project") -> bool:
 
 
 requires_relion = pytest.mark.skipif(
-    not relion_available(), reason="RELION not installed (apt-get install relion): cross-check skipped"
+    not relion_available(),
+    reason="RELION not installed (apt-get install relion): cross-check skipped",
 )
 
 

@@ -11,7 +11,9 @@ from cryospa.io.mrc import write_mrc
 from cryospa.io.star import split_optics, write_relion_star
 
 
-def pseudo_atomic_map(n: int = 64, *, n_atoms: int = 1500, sigma_px: float = 0.8, seed: int = 0) -> np.ndarray:
+def pseudo_atomic_map(
+    n: int = 64, *, n_atoms: int = 1500, sigma_px: float = 0.8, seed: int = 0
+) -> np.ndarray:
     """A map of Gaussian 'atoms' in an ellipsoid: signal up to Nyquist, like a real protein."""
     rng = np.random.default_rng(seed)
     ax = np.arange(n) - n // 2
@@ -22,7 +24,7 @@ def pseudo_atomic_map(n: int = 64, *, n_atoms: int = 1500, sigma_px: float = 0.8
     vol = np.zeros((n, n, n), dtype=np.float64)
     r = int(np.ceil(4 * sigma_px))
     for px, py, pz in pts:
-        ix, iy, iz = (int(round(v)) + n // 2 for v in (px, py, pz))
+        ix, iy, iz = (round(v) + n // 2 for v in (px, py, pz))
         sl = (slice(iz - r, iz + r + 1), slice(iy - r, iy + r + 1), slice(ix - r, ix + r + 1))
         d2 = (x[sl] - px) ** 2 + (y[sl] - py) ** 2 + (z[sl] - pz) ** 2
         vol[sl] += np.exp(-d2 / (2 * sigma_px**2))
@@ -68,8 +70,9 @@ def random_particles_table(
     )
 
 
-def write_map_and_angles(folder: Path, *, n: int = 64, pixel_size: float = 2.0, n_particles: int = 200,
-                         seed: int = 0) -> tuple[Path, Path, np.ndarray]:
+def write_map_and_angles(
+    folder: Path, *, n: int = 64, pixel_size: float = 2.0, n_particles: int = 200, seed: int = 0
+) -> tuple[Path, Path, np.ndarray]:
     """Write ``map.mrc`` and ``angles.star`` (RELION 3.1 form) into ``folder``."""
     vol = pseudo_atomic_map(n, seed=seed)
     map_path = folder / "map.mrc"

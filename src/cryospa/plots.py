@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 __all__ = ["plot_fsc"]
 
@@ -28,7 +28,9 @@ def plot_fsc(
         ax.plot(inverse_resolution_per_angstrom, values, label=label, lw=1.6)
     for t in thresholds:
         ax.axhline(t, color="grey", ls="--", lw=0.8)
-        ax.text(inverse_resolution_per_angstrom[-1], t, f" {t}", va="center", fontsize=8, color="grey")
+        ax.text(
+            inverse_resolution_per_angstrom[-1], t, f" {t}", va="center", fontsize=8, color="grey"
+        )
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.05)

@@ -33,8 +33,12 @@ def test_every_subcommand_has_help_with_units() -> None:
 def test_fsc_of_map_with_itself_and_outputs(tmp_path: Path) -> None:
     vol = pseudo_atomic_map(32, n_atoms=300)
     write_mrc(tmp_path / "a.mrc", vol, voxel_size_angstrom=2.5)
-    result = run_fsc(tmp_path / "a.mrc", tmp_path / "a.mrc", star_out=tmp_path / "fsc.star",
-                     png_out=tmp_path / "fsc.png")
+    result = run_fsc(
+        tmp_path / "a.mrc",
+        tmp_path / "a.mrc",
+        star_out=tmp_path / "fsc.star",
+        png_out=tmp_path / "fsc.png",
+    )
     assert np.allclose(result.fsc, 1.0, atol=1e-9)
     assert result.resolution_0143 == pytest.approx(5.0)  # Nyquist of 2.5 Å/px
     blocks = read_star(tmp_path / "fsc.star")
@@ -67,7 +71,9 @@ def test_fsc_resolution_of_noisy_copies(tmp_path: Path) -> None:
 
 
 def test_reconstruct_then_reproject_round_trip(tmp_path: Path) -> None:
-    map_path, star_path, vol = write_map_and_angles(tmp_path, n=40, pixel_size=3.0, n_particles=1200)
+    map_path, star_path, vol = write_map_and_angles(
+        tmp_path, n=40, pixel_size=3.0, n_particles=1200
+    )
     proj = run_reproject(map_path, star_path, tmp_path / "proj.mrcs", ctf=False, progress=False)
     rec = run_reconstruct(proj.star, tmp_path / "rec.mrc", progress=False)
     assert rec.n_particles == 1200 and rec.box_size == 40
@@ -82,35 +88,55 @@ def test_reconstruct_then_reproject_round_trip(tmp_path: Path) -> None:
 
 def test_reconstruct_missing_angle_column_names_it(tmp_path: Path) -> None:
     rows = random_particles_table(5, box_size=16, pixel_size=2.0).drop(columns=["rlnAngleTilt"])
-    write_mrc(tmp_path / "particles.mrcs", np.zeros((5, 16, 16), np.float32), voxel_size_angstrom=2.0,
-              is_stack=True)
+    write_mrc(
+        tmp_path / "particles.mrcs",
+        np.zeros((5, 16, 16), np.float32),
+        voxel_size_angstrom=2.0,
+        is_stack=True,
+    )
     write_relion_star(tmp_path / "p.star", split_optics(rows, "particles"))
     with pytest.raises(InputFileError, match="rlnAngleTilt") as err:
         run_reconstruct(tmp_path / "p.star", tmp_path / "o.mrc", progress=False)
     assert "p.star" in str(err.value)
     # the CLI turns it into one line and exit status 2
-    assert cli(["reconstruct", "--i", str(tmp_path / "p.star"), "--o", str(tmp_path / "o.mrc")]) == 2
+    assert (
+        cli(["reconstruct", "--i", str(tmp_path / "p.star"), "--o", str(tmp_path / "o.mrc")]) == 2
+    )
 
 
 def test_reconstruct_rejects_non_square_images(tmp_path: Path) -> None:
     rows = random_particles_table(3, box_size=16, pixel_size=2.0).drop(columns=["rlnImageSize"])
-    write_mrc(tmp_path / "particles.mrcs", np.zeros((3, 16, 20), np.float32), voxel_size_angstrom=2.0,
-              is_stack=True)
+    write_mrc(
+        tmp_path / "particles.mrcs",
+        np.zeros((3, 16, 20), np.float32),
+        voxel_size_angstrom=2.0,
+        is_stack=True,
+    )
     write_relion_star(tmp_path / "p.star", split_optics(rows, "particles"))
     with pytest.raises(InputFileError, match="square box"):
         run_reconstruct(tmp_path / "p.star", tmp_path / "o.mrc", progress=False)
 
 
 def test_reconstruct_missing_pixel_size_says_angpix(tmp_path: Path) -> None:
-    rows = random_particles_table(3, box_size=16, pixel_size=2.0).drop(columns=["rlnImagePixelSize"])
-    write_mrc(tmp_path / "particles.mrcs", np.zeros((3, 16, 16), np.float32), voxel_size_angstrom=2.0,
-              is_stack=True)
+    rows = random_particles_table(3, box_size=16, pixel_size=2.0).drop(
+        columns=["rlnImagePixelSize"]
+    )
+    write_mrc(
+        tmp_path / "particles.mrcs",
+        np.zeros((3, 16, 16), np.float32),
+        voxel_size_angstrom=2.0,
+        is_stack=True,
+    )
     write_relion_star(tmp_path / "p.star", split_optics(rows, "particles"))
     with pytest.raises(InputFileError, match="--angpix"):
         run_reconstruct(tmp_path / "p.star", tmp_path / "o.mrc", progress=False)
     # and --angpix fixes it
-    assert run_reconstruct(tmp_path / "p.star", tmp_path / "o.mrc", pixel_size_angstrom=2.0,
-                           progress=False).n_particles == 3
+    assert (
+        run_reconstruct(
+            tmp_path / "p.star", tmp_path / "o.mrc", pixel_size_angstrom=2.0, progress=False
+        ).n_particles
+        == 3
+    )
 
 
 def test_fsc_rejects_different_boxes(tmp_path: Path) -> None:
@@ -125,5 +151,5 @@ def test_reproject_rejects_truncated_map(tmp_path: Path) -> None:
     data = (tmp_path / "a.mrc").read_bytes()
     (tmp_path / "a.mrc").write_bytes(data[: len(data) - 1000])
     _, star_path, _ = write_map_and_angles(tmp_path, n=16, pixel_size=1.0, n_particles=2)
-    with pytest.raises(InputFileError, match="a.mrc"):
+    with pytest.raises(InputFileError, match=r"a\.mrc"):
         run_reproject(tmp_path / "a.mrc", star_path, tmp_path / "o.mrcs", progress=False)

@@ -58,8 +58,12 @@ def test_astigmatism_angle_convention() -> None:
     kx = torch.tensor([k * math.cos(a), k * math.cos(a + math.pi / 2)], dtype=torch.float64)
     ky = torch.tensor([k * math.sin(a), k * math.sin(a + math.pi / 2)], dtype=torch.float64)
     astig = ctf_2d(
-        kx, ky, defocus_u_angstrom=20000.0, defocus_v_angstrom=15000.0,
-        astigmatism_angle_degrees=angle, **PARAMS,
+        kx,
+        ky,
+        defocus_u_angstrom=20000.0,
+        defocus_v_angstrom=15000.0,
+        astigmatism_angle_degrees=angle,
+        **PARAMS,
     )
     k_t = torch.tensor([k], dtype=torch.float64)
     along_u = ctf_1d(k_t, defocus_angstrom=20000.0, **PARAMS)
@@ -78,8 +82,13 @@ def test_bfactor_envelope_and_scale() -> None:
 def test_batched_grid_friedel_and_device(device: str) -> None:
     du = torch.tensor([10000.0, 20000.0], device=device)
     c = ctf_2d_on_grid(
-        (64, 64), 1.5, rfft=False, device=device, defocus_u_angstrom=du,
-        defocus_v_angstrom=du - 500, astigmatism_angle_degrees=torch.tensor([10.0, 80.0], device=device),
+        (64, 64),
+        1.5,
+        rfft=False,
+        device=device,
+        defocus_u_angstrom=du,
+        defocus_v_angstrom=du - 500,
+        astigmatism_angle_degrees=torch.tensor([10.0, 80.0], device=device),
         **PARAMS,
     )
     assert c.shape == (2, 64, 64) and c.device.type == device and c.dtype == torch.float32
@@ -88,8 +97,14 @@ def test_batched_grid_friedel_and_device(device: str) -> None:
     keep = torch.ones(64, dtype=torch.bool)
     keep[32] = False
     assert torch.allclose(c[:, keep][:, :, keep], flipped[:, keep][:, :, keep], atol=1e-4)
-    r = ctf_2d_on_grid((64, 64), 1.5, device=device, defocus_u_angstrom=du,
-                       defocus_v_angstrom=du - 500,
-                       astigmatism_angle_degrees=torch.tensor([10.0, 80.0], device=device), **PARAMS)
+    r = ctf_2d_on_grid(
+        (64, 64),
+        1.5,
+        device=device,
+        defocus_u_angstrom=du,
+        defocus_v_angstrom=du - 500,
+        astigmatism_angle_degrees=torch.tensor([10.0, 80.0], device=device),
+        **PARAMS,
+    )
     assert r.shape == (2, 64, 33)
     assert torch.allclose(r[..., :32], c[..., :32], atol=1e-6)  # column 32: +1/2 vs -1/2

@@ -36,7 +36,9 @@ def test_projection_of_gaussian_blob_is_analytic(n: int, padding: int, tolerance
     z, y, x = _grid(n, 3, dtype)
     sigma = 3.0
     centre = torch.tensor([5.0, -7.0, 3.0], dtype=dtype)  # x, y, z
-    vol = torch.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / (2 * sigma**2))
+    vol = torch.exp(
+        -((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) / (2 * sigma**2)
+    )
     rots = random_rotations(8, generator=torch.Generator().manual_seed(0))
     proj = project_volume(vol, rots, padding_factor=padding)
     assert proj.shape == (8, n, n) and proj.dtype == dtype
@@ -50,7 +52,9 @@ def test_projection_of_gaussian_blob_is_analytic(n: int, padding: int, tolerance
 
 def test_projection_keeps_device_and_float32(device: str) -> None:
     vol = _random_map(32, 0, torch.float32).to(device)
-    rots = random_rotations(4, generator=torch.Generator().manual_seed(0), dtype=torch.float32).to(device)
+    rots = random_rotations(4, generator=torch.Generator().manual_seed(0), dtype=torch.float32).to(
+        device
+    )
     ft = project(make_projector(vol), rots)
     assert ft.shape == (1, 4, 32, 17) and ft.dtype == torch.complex64 and ft.device.type == device
 
@@ -73,7 +77,9 @@ def test_identity_projection_is_sum_along_z() -> None:
 def test_2d_rotation_by_90_degrees_matches_rot90() -> None:
     n = 64
     yy, xx = _grid(n, 2, torch.float64)
-    img = torch.exp(-((xx - 10) ** 2 + (yy - 3) ** 2) / 8.0) + 0.5 * torch.exp(-((xx + 4) ** 2 + (yy + 12) ** 2) / 18.0)
+    img = torch.exp(-((xx - 10) ** 2 + (yy - 3) ** 2) / 8.0) + 0.5 * torch.exp(
+        -((xx + 4) ** 2 + (yy + 12) ** 2) / 18.0
+    )
     r = euler_to_matrix(torch.tensor([[0.0, 0.0, 90.0]], dtype=torch.float64))[:, :2, :2]
     out = project_images(img, r, padding_factor=4)[0]
     # out(r) = img(R^T r) with R = [[0, 1], [-1, 0]]: a point at (x, y) moves to (y, -x)
@@ -104,17 +110,31 @@ def test_ctf_weighted_reconstruction_and_symmetry() -> None:
     n = 33  # odd: torch.rot90 turns about pixel n // 2 only for odd n
     vol = _random_map(n, 4)
     # impose C4 on the map by averaging rotations about z (exact for 90 degrees)
-    vol = (vol + torch.rot90(vol, 1, dims=(1, 2)) + torch.rot90(vol, 2, dims=(1, 2)) + torch.rot90(vol, 3, dims=(1, 2))) / 4
+    vol = (
+        vol
+        + torch.rot90(vol, 1, dims=(1, 2))
+        + torch.rot90(vol, 2, dims=(1, 2))
+        + torch.rot90(vol, 3, dims=(1, 2))
+    ) / 4
     g = torch.Generator().manual_seed(5)
     rots = random_rotations(600, generator=g)
     defocus = 8000 + 20000 * torch.rand(600, generator=g, dtype=torch.float64)
     ctf = ctf_2d_on_grid(
-        (n, n), 4.0, dtype=torch.float64, defocus_u_angstrom=defocus, defocus_v_angstrom=defocus - 300,
-        astigmatism_angle_degrees=30.0, voltage_kv=300.0, spherical_aberration_mm=2.7, amplitude_contrast=0.1,
+        (n, n),
+        4.0,
+        dtype=torch.float64,
+        defocus_u_angstrom=defocus,
+        defocus_v_angstrom=defocus - 300,
+        astigmatism_angle_degrees=30.0,
+        voltage_kv=300.0,
+        spherical_aberration_mm=2.7,
+        amplitude_contrast=0.1,
     )
     images_ft = project(make_projector(vol), rots)[0] * ctf
     # C4 operators about z: the map is invariant, so inserting A R_s for each s is valid
-    c4 = euler_to_matrix(torch.tensor([[0.0, 0.0, a] for a in (0.0, 90.0, 180.0, 270.0)], dtype=torch.float64))
+    c4 = euler_to_matrix(
+        torch.tensor([[0.0, 0.0, a] for a in (0.0, 90.0, 180.0, 270.0)], dtype=torch.float64)
+    )
     bp = make_backprojector(n, dtype=torch.float64)
     sym_rots = (rots[:, None] @ c4[None]).reshape(-1, 3, 3)
     backproject(bp, images_ft.repeat_interleave(4, 0), sym_rots, ctf=ctf.repeat_interleave(4, 0))

@@ -64,7 +64,9 @@ def test_angular_distance_and_axis_rotation() -> None:
     r = rotation_about_axis(axis, 37.0)
     assert torch.allclose(r @ r.T, torch.eye(3, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(r @ axis, axis, atol=1e-12)
-    assert angular_distance_degrees(r, torch.eye(3, dtype=torch.float64)).item() == pytest.approx(37.0)
+    assert angular_distance_degrees(r, torch.eye(3, dtype=torch.float64)).item() == pytest.approx(
+        37.0
+    )
     rs = random_rotations(100, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(torch.linalg.det(rs), torch.ones(100, dtype=torch.float64), atol=1e-12)
     assert angular_distance_degrees(rs, rs).max() < 1e-5

@@ -21,17 +21,41 @@ from cryospa.jobs.reproject import run_reproject
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options."""
     parser.add_argument("--map", required=True, metavar="MRC", help="input map (cubic box)")
-    parser.add_argument("--i", required=True, metavar="STAR",
-                        help="STAR file with orientations (and origins / CTF) per image")
-    parser.add_argument("--o", required=True, metavar="MRCS",
-                        help="output stack (.mrcs); the STAR file is written next to it (.star)")
-    parser.add_argument("--ctf", action="store_true", help="multiply by each row's CTF (default: no)")
-    parser.add_argument("--angpix", type=float, default=None, metavar="Å",
-                        help="pixel size in Å (default: the map header's voxel size)")
-    parser.add_argument("--maxres", type=float, default=None, metavar="Å",
-                        help="zero frequencies beyond this resolution in Å (default: Nyquist)")
-    parser.add_argument("--pad", type=float, default=2.0,
-                        help="Fourier padding factor, >= 1 (default: 2, as RELION)")
+    parser.add_argument(
+        "--i",
+        required=True,
+        metavar="STAR",
+        help="STAR file with orientations (and origins / CTF) per image",
+    )
+    parser.add_argument(
+        "--o",
+        required=True,
+        metavar="MRCS",
+        help="output stack (.mrcs); the STAR file is written next to it (.star)",
+    )
+    parser.add_argument(
+        "--ctf", action="store_true", help="multiply by each row's CTF (default: no)"
+    )
+    parser.add_argument(
+        "--angpix",
+        type=float,
+        default=None,
+        metavar="Å",
+        help="pixel size in Å (default: the map header's voxel size)",
+    )
+    parser.add_argument(
+        "--maxres",
+        type=float,
+        default=None,
+        metavar="Å",
+        help="zero frequencies beyond this resolution in Å (default: Nyquist)",
+    )
+    parser.add_argument(
+        "--pad",
+        type=float,
+        default=2.0,
+        help="Fourier padding factor, >= 1 (default: 2, as RELION)",
+    )
     add_compute_args(parser)
 
 
@@ -39,9 +63,16 @@ def main(args: argparse.Namespace) -> int:
     """Run the projection."""
     device = compute_from_args(args)
     result = run_reproject(
-        args.map, args.i, args.o, ctf=args.ctf, pixel_size_angstrom=args.angpix,
-        max_resolution_angstrom=args.maxres, padding_factor=args.pad, batch_size=args.batch,
-        device=device, progress=show_progress(),
+        args.map,
+        args.i,
+        args.o,
+        ctf=args.ctf,
+        pixel_size_angstrom=args.angpix,
+        max_resolution_angstrom=args.maxres,
+        padding_factor=args.pad,
+        batch_size=args.batch,
+        device=device,
+        progress=show_progress(),
     )
     print(f"wrote {result.n_images} projections -> {result.stack} and {result.star}")
     return 0

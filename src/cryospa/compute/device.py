@@ -22,7 +22,9 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     except RuntimeError as err:
         raise ParameterError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(f"device {spec!r} requested but no CUDA GPU is available: use --device cpu")
+        raise ParameterError(
+            f"device {spec!r} requested but no CUDA GPU is available: use --device cpu"
+        )
     return device
 
 

@@ -9,7 +9,8 @@ Conventions (tested in ``tests/core``):
   the last axis (x) is the half axis. Spatial frequencies are in cycles per pixel unless a name
   says ``_per_angstrom``. Centred (fftshifted) layouts are only for display and interpolation.
 * Euler angles follow RELION: ZYZ (rot, tilt, psi) in degrees, matrix
-  ``A = Rz(psi) Ry(tilt) Rz(rot)`` with ``Rz(a) = [[cos a, sin a, 0], [-sin a, cos a, 0], [0, 0, 1]]``.
+  ``A = Rz(psi) Ry(tilt) Rz(rot)`` with
+  ``Rz(a) = [[cos a, sin a, 0], [-sin a, cos a, 0], [0, 0, 1]]``.
   A 2D projection image is ``P(x, y) = integral V(A^T (x, y, z)) dz``, i.e. the Fourier slice of the
   volume's transform at ``A^T (kx, ky, 0)``.
 * Origins (``rlnOriginXAngst`` / ``rlnOriginYAngst``) follow RELION: the particle's centre sits at

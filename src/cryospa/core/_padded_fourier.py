@@ -36,14 +36,15 @@ def crop_real(x: torch.Tensor, box_size: int, ndim: int) -> torch.Tensor:
     """Inverse of :func:`pad_real`: crop the last ``ndim`` axes to ``box_size`` about the centre."""
     big = x.shape[-1]
     start = big // 2 - box_size // 2
-    sl = (slice(start, start + box_size),) * ndim
-    return x[(..., *sl)]
+    for d in range(-ndim, 0):
+        x = x.narrow(d, start, box_size)
+    return x
 
 
 def gridding_correction(
     size: int, padded: int, ndim: int, *, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """``prod_i sinc^2(x_i / padded)`` over a real-space box of ``size``, centre at ``size // 2``."""
+    """``prod_i sinc^2(x_i / padded)`` over a real-space box of ``size`` (centre ``size // 2``)."""
     x = (torch.arange(size, device=device, dtype=dtype) - size // 2) / padded
     s = torch.sinc(x) ** 2  # torch.sinc is sin(pi x) / (pi x)
     out = s
@@ -184,8 +185,10 @@ def scatter_centred(
         offsets.append((i0 * strides[axis], i1 * strides[axis]))
         weights.append((1.0 - frac, frac))
     # combine the slow axes first (4 pairs in 3D), then the x axis: fewer passes over the data
-    combos: list[tuple[torch.Tensor, torch.Tensor]] = [(offsets[-1][0], weights[-1][0]),
-                                                     (offsets[-1][1], weights[-1][1])]
+    combos: list[tuple[torch.Tensor, torch.Tensor]] = [
+        (offsets[-1][0], weights[-1][0]),
+        (offsets[-1][1], weights[-1][1]),
+    ]
     for axis in range(ndim - 2, -1, -1):
         combos = [
             (o + offsets[axis][bit], w * weights[axis][bit]) for o, w in combos for bit in (0, 1)

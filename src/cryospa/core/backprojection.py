@@ -192,7 +192,9 @@ def reconstruct(
     data_std = pf.from_centred(data, nd)
     weight_std = pf.from_centred(weight, nd).real
     nz = weight_std[weight_std > 0]
-    floor = min_weight_fraction * (nz.mean() if nz.numel() else torch.ones((), dtype=weight_std.dtype))
+    floor = min_weight_fraction * (
+        nz.mean() if nz.numel() else torch.ones((), dtype=weight_std.dtype)
+    )
     denom = weight_std
     if tau2 is not None:
         npad = bp.padded_size
@@ -200,7 +202,9 @@ def reconstruct(
         shell = torch.round(torch.linalg.vector_norm(grid, dim=-1) / bp.padding_factor).long()
         t = tau2.to(device=weight_std.device, dtype=weight_std.dtype)
         shell = shell.clamp(max=t.numel() - 1)
-        inv = torch.where(t[shell] > 0, 1.0 / (tau2_fudge * t[shell]), torch.full_like(t[shell], 1e30))
+        inv = torch.where(
+            t[shell] > 0, 1.0 / (tau2_fudge * t[shell]), torch.full_like(t[shell], 1e30)
+        )
         denom = denom + inv
     vol_ft = data_std / torch.clamp(denom, min=float(floor))
     vol_ft = torch.where(weight_std > 0, vol_ft, torch.zeros_like(vol_ft))
@@ -213,5 +217,7 @@ def reconstruct(
     if mask_radius_px is not None:
         radius = bp.box_size / 2 if mask_radius_px < 0 else mask_radius_px
         make = soft_sphere if nd == 3 else soft_circle
-        out = out * make(bp.box_size, radius, edge_width_px=mask_edge_px, device=out.device, dtype=out.dtype)
+        out = out * make(
+            bp.box_size, radius, edge_width_px=mask_edge_px, device=out.device, dtype=out.dtype
+        )
     return out

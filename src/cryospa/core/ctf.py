@@ -119,7 +119,7 @@ def ctf_2d_on_grid(
     for ``rfft=True`` or ``(..., h, w)`` otherwise.
     """
     ky, kx = frequency_grid_2d(shape, pixel_size_angstrom, rfft=rfft, device=device, dtype=dtype)
-    return ctf_2d(kx, ky, **ctf_params)  # type: ignore[arg-type]
+    return ctf_2d(kx, ky, **ctf_params)
 
 
 def ctf_1d(
@@ -174,7 +174,7 @@ def first_zero_frequencies_per_angstrom(
     c = math.radians(phase_shift_degrees) + math.atan(
         amplitude_contrast / math.sqrt(1 - amplitude_contrast**2)
     )
-    zeros = []
+    zeros: list[float] = []
     n = 1
     while len(zeros) < n_zeros:
         # a u^2 - b u + (n pi - c) = 0

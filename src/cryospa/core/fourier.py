@@ -134,7 +134,9 @@ def phase_shift_2d(
         ``(..., h, w // 2 + 1)`` complex factors ``exp(-2 pi i (kx dx + ky dy))``.
     """
     real_dtype = shifts_px.dtype if shifts_px.is_floating_point() else torch.float32
-    ky, kx = frequency_grid_2d(shape, rfft=rfft, device=device or shifts_px.device, dtype=real_dtype)
+    ky, kx = frequency_grid_2d(
+        shape, rfft=rfft, device=device or shifts_px.device, dtype=real_dtype
+    )
     dx = shifts_px[..., 0, None, None]
     dy = shifts_px[..., 1, None, None]
     phase = -2.0 * math.pi * (kx * dx + ky * dy)
@@ -151,24 +153,35 @@ def shift_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft2(torch.fft.rfft2(images) * ramp, s=(h, w))
 
 
-def _centred_crop_or_pad_fft(f: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
-    """Crop or zero-pad a full (non-r) FFT, DC at index 0, over the last len(new_shape) axes."""
-    ndim = len(new_shape)
-    dims = tuple(range(-ndim, 0))
-    old_shape = tuple(f.shape[d] for d in dims)
-    fc = torch.fft.fftshift(f, dim=dims)
-    out = torch.zeros((*f.shape[:-ndim], *new_shape), dtype=f.dtype, device=f.device)
-    src = []
-    dst = []
-    for o, n in zip(old_shape, new_shape, strict=True):
-        m = min(o, n)
-        # centre element (DC) at index size // 2 after fftshift
-        so = o // 2 - m // 2
-        sn = n // 2 - m // 2
-        src.append(slice(so, so + m))
-        dst.append(slice(sn, sn + m))
-    out[(..., *dst)] = fc[(..., *src)]
-    return torch.fft.ifftshift(out, dim=dims)
+def _resize_fft_axis(f: torch.Tensor, axis: int, new: int) -> torch.Tensor:
+    """Crop or zero-pad a full FFT (DC at index 0) along one axis to ``new`` samples.
+
+    The Nyquist term of an even size is handled as in ``scipy.signal.resample``: cropping to
+    an even size sums the ``+new/2`` and ``-new/2`` components into the new Nyquist bin; padding
+    from an even size splits the old Nyquist term equally between ``+old/2`` and ``-old/2``.
+    """
+    old = f.shape[axis]
+    if new == old:
+        return f
+    device = f.device
+    if new < old:
+        freqs = torch.fft.fftfreq(new, d=1.0 / new, device=device).round().long()  # (new,)
+        out = f.index_select(axis, freqs % old)
+        if new % 2 == 0:
+            nyq = new // 2  # index of frequency -new/2 in the new array
+            extra = f.narrow(axis, nyq, 1)  # frequency +new/2 of the source
+            out.narrow(axis, nyq, 1).add_(extra)
+        return out
+    shape = list(f.shape)
+    shape[axis] = new
+    out = torch.zeros(shape, dtype=f.dtype, device=device)
+    freqs = torch.fft.fftfreq(old, d=1.0 / old, device=device).round().long()
+    out.index_copy_(axis, freqs % new, f)
+    if old % 2 == 0:
+        half = f.narrow(axis, old // 2, 1) * 0.5  # the old Nyquist term (frequency -old/2)
+        out.narrow(axis, new - old // 2, 1).copy_(half)
+        out.narrow(axis, old // 2, 1).copy_(half)
+    return out
 
 
 def fourier_crop(x: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
@@ -191,15 +204,15 @@ def fourier_crop(x: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def fourier_pad(x: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
-    """Up-sample real images / volumes by zero-padding their Fourier transform (sinc interpolation)."""
+    """Up-sample real images / volumes by zero-padding their Fourier transform (sinc)."""
     return fourier_rescale(x, new_shape)
 
 
 def fourier_rescale(x: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor:
     """Resample the last ``len(new_shape)`` axes to ``new_shape`` in Fourier space (crop or pad).
 
-    Mean values are preserved. When a size is even after cropping, the Nyquist component is kept
-    from one side only (as RELION's ``resizeMap`` / ``windowFourierTransform`` do).
+    Mean values are preserved. Even-size Nyquist terms are summed when cropping and split when
+    padding, so that padding then cropping back is the identity.
     """
     ndim = len(new_shape)
     if ndim < 1 or x.ndim < ndim:
@@ -209,7 +222,8 @@ def fourier_rescale(x: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor
     if old_shape == tuple(new_shape):
         return x.clone()
     f = torch.fft.fftn(centre_to_origin(x, ndim), dim=dims)
-    g = _centred_crop_or_pad_fft(f, tuple(new_shape))
-    out = torch.fft.ifftn(g, dim=dims).real
+    for d, n in zip(dims, new_shape, strict=True):
+        f = _resize_fft_axis(f, d, n)
+    out = torch.fft.ifftn(f, dim=dims).real
     scale = math.prod(new_shape) / math.prod(old_shape)
     return origin_to_centre(out * scale, ndim).to(x.dtype)

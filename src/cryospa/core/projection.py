@@ -134,7 +134,9 @@ def project(
     """
     want = (3, 3) if projector.ndim == 3 else (2, 2)
     if rotations.ndim != 3 or tuple(rotations.shape[-2:]) != want:
-        raise ValueError(f"rotations must have shape (b, {want[0]}, {want[1]}), got {tuple(rotations.shape)}")
+        raise ValueError(
+            f"rotations must have shape (b, {want[0]}, {want[1]}), got {tuple(rotations.shape)}"
+        )
     coords, inside = _slice_coordinates(projector, rotations, max_radius_px)
     b = rotations.shape[0]
     n = projector.box_size
@@ -168,7 +170,7 @@ def project_images(
     max_radius_px: float | None = None,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Rotate one ``(n, n)`` image by a batch of ``(b, 2, 2)`` matrices in Fourier space: ``(b, n, n)``.
+    """Rotate one ``(n, n)`` image by ``(b, 2, 2)`` matrices in Fourier space: ``(b, n, n)``.
 
     ``out(r) = image(R^T r)`` about the centre pixel ``n // 2`` (RELION's 2D convention, where
     ``R`` is the top-left 2x2 block of ``euler_to_matrix((0, 0, psi))``).
@@ -196,4 +198,3 @@ def images_to_centred_ft(images: torch.Tensor) -> torch.Tensor:
 def centred_ft_to_images(ft: torch.Tensor, box_size: int) -> torch.Tensor:
     """Inverse of :func:`images_to_centred_ft`."""
     return origin_to_centre(torch.fft.irfft2(ft, s=(box_size, box_size)), 2)
-

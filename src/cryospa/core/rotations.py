@@ -44,7 +44,9 @@ def euler_to_matrix(euler_degrees: torch.Tensor) -> torch.Tensor:
         ``(..., 3, 3)`` rotation matrices ``A = Rz(psi) Ry(tilt) Rz(rot)``.
     """
     if euler_degrees.shape[-1] != 3:
-        raise ValueError(f"euler angles need a last dimension of 3, got shape {tuple(euler_degrees.shape)}")
+        raise ValueError(
+            f"euler angles need a last dimension of 3, got shape {tuple(euler_degrees.shape)}"
+        )
     rad = torch.deg2rad(euler_degrees)
     ca, cb, cg = torch.cos(rad).unbind(-1)
     sa, sb, sg = torch.sin(rad).unbind(-1)

@@ -1,4 +1,4 @@
-"""Fourier shell correlation between two maps, with an optional mask (as ``relion_postprocess``'s FSC)."""
+"""Fourier shell correlation between two maps, with an optional mask (as relion_postprocess)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from cryospa.core.fsc import fsc, resolution_at_threshold
 from cryospa.errors import InputFileError
 from cryospa.io.mrc import read_mrc
 from cryospa.io.star import write_star
-from cryospa.plots import plot_fsc
 
 __all__ = ["FscResult", "run_fsc"]
 
@@ -35,7 +34,9 @@ class FscResult:
     def table(self) -> pd.DataFrame:
         """RELION-style FSC table (rlnSpectralIndex, rlnResolution, rlnAngstromResolution, ...)."""
         with np.errstate(divide="ignore"):
-            angstrom = np.where(self.inverse_resolution > 0, 1.0 / np.maximum(self.inverse_resolution, 1e-30), 999.0)
+            angstrom = np.where(
+                self.inverse_resolution > 0, 1.0 / np.maximum(self.inverse_resolution, 1e-30), 999.0
+            )
         return pd.DataFrame(
             {
                 "rlnSpectralIndex": self.shells.astype(int),
@@ -49,8 +50,11 @@ class FscResult:
 def _load_map(path: str | os.PathLike[str], what: str) -> tuple[np.ndarray, float]:
     data, header = read_mrc(path)
     if data.ndim != 3 or len(set(data.shape)) != 1:
-        raise InputFileError(path, f"{what} has shape {data.shape}; a cubic 3D map is needed",
-                             "resize it to a cubic box")
+        raise InputFileError(
+            path,
+            f"{what} has shape {data.shape}; a cubic 3D map is needed",
+            "resize it to a cubic box",
+        )
     return data, float(header.voxel_size_angstrom[0])
 
 
@@ -67,12 +71,18 @@ def run_fsc(
     a, apix1 = _load_map(map1, "map 1")
     b, apix2 = _load_map(map2, "map 2")
     if a.shape != b.shape:
-        raise InputFileError(map2, f"box {b.shape} differs from {map1}'s {a.shape}",
-                             "resample both maps to the same box and pixel size")
+        raise InputFileError(
+            map2,
+            f"box {b.shape} differs from {map1}'s {a.shape}",
+            "resample both maps to the same box and pixel size",
+        )
     apix = pixel_size_angstrom if pixel_size_angstrom is not None else apix1
     if pixel_size_angstrom is None and not math.isclose(apix1, apix2, rel_tol=1e-3):
-        raise InputFileError(map2, f"voxel size {apix2} Å differs from {map1}'s {apix1} Å",
-                             "give --angpix if the headers are wrong")
+        raise InputFileError(
+            map2,
+            f"voxel size {apix2} Å differs from {map1}'s {apix1} Å",
+            "give --angpix if the headers are wrong",
+        )
     if not apix > 0:
         raise InputFileError(map1, f"voxel size {apix} Å in the header", "give --angpix (Å)")
     ta = torch.from_numpy(a).double()
@@ -80,8 +90,11 @@ def run_fsc(
     if mask is not None:
         m, _ = _load_map(mask, "mask")
         if m.shape != a.shape:
-            raise InputFileError(mask, f"mask box {m.shape} differs from the maps' {a.shape}",
-                                 "make the mask on the same box as the maps")
+            raise InputFileError(
+                mask,
+                f"mask box {m.shape} differs from the maps' {a.shape}",
+                "make the mask on the same box as the maps",
+            )
         tm = torch.from_numpy(m).double()
         ta, tb = ta * tm, tb * tm
     n = a.shape[0]
@@ -91,8 +104,12 @@ def run_fsc(
         shells=shells,
         inverse_resolution=shells / (n * apix),
         fsc=curve.numpy(),
-        resolution_0143=resolution_at_threshold(curve, box_size=n, pixel_size_angstrom=apix, threshold=0.143),
-        resolution_05=resolution_at_threshold(curve, box_size=n, pixel_size_angstrom=apix, threshold=0.5),
+        resolution_0143=resolution_at_threshold(
+            curve, box_size=n, pixel_size_angstrom=apix, threshold=0.143
+        ),
+        resolution_05=resolution_at_threshold(
+            curve, box_size=n, pixel_size_angstrom=apix, threshold=0.5
+        ),
         pixel_size_angstrom=apix,
         box_size=n,
     )
@@ -100,9 +117,15 @@ def run_fsc(
         general = {
             "rlnFinalResolution": result.resolution_0143,
         }
-        write_star(star_out, {"general": general, "fsc": result.table()})  # type: ignore[dict-item]
+        write_star(star_out, {"general": general, "fsc": result.table()})
     if png_out is not None:
-        plot_fsc(png_out, result.inverse_resolution, {"FSC": result.fsc},
-                 title=f"FSC {Path(map1).name} vs {Path(map2).name}: "
-                       f"{result.resolution_0143:.2f} Å at 0.143, {result.resolution_05:.2f} Å at 0.5")
+        from cryospa.plots import plot_fsc  # matplotlib is slow to import: only when plotting
+
+        plot_fsc(
+            png_out,
+            result.inverse_resolution,
+            {"FSC": result.fsc},
+            title=f"FSC {Path(map1).name} vs {Path(map2).name}: "
+            f"{result.resolution_0143:.2f} Å at 0.143, {result.resolution_05:.2f} Å at 0.5",
+        )
     return result

@@ -89,7 +89,11 @@ class ParticleSet:
         rows = self._select(index)
 
         def col(name: str, default: float) -> torch.Tensor:
-            values = rows[name].to_numpy(dtype=np.float64) if name in rows.columns else np.full(len(rows), default)
+            values = (
+                rows[name].to_numpy(dtype=np.float64)
+                if name in rows.columns
+                else np.full(len(rows), default)
+            )
             return torch.tensor(values, device=device, dtype=dtype)
 
         return ctf_2d_on_grid(
@@ -176,23 +180,32 @@ def load_particles(
         if np.any(sizes <= 0) or np.ptp(sizes) > 1e-6 * sizes.max():
             raise InputFileError(
                 star_path,
-                f"pixel sizes {sorted(set(sizes.tolist()))} Å in the optics table (must be one value > 0)",
+                f"pixel sizes {sorted(set(sizes.tolist()))} Å in the optics table "
+                "(must be one value > 0)",
                 "give the pixel size with --angpix (Å)",
             )
         pixel_size_angstrom = float(sizes[0])
     elif pixel_size_angstrom <= 0:
-        raise InputFileError(star_path, f"pixel size {pixel_size_angstrom} Å", "--angpix must be > 0")
+        raise InputFileError(
+            star_path, f"pixel size {pixel_size_angstrom} Å", "--angpix must be > 0"
+        )
     if box_size is None and "rlnImageSize" in rows.columns:
         sizes_px = rows["rlnImageSize"].to_numpy()
         if np.ptp(sizes_px) != 0:
-            raise InputFileError(star_path, f"several image sizes {sorted(set(sizes_px.tolist()))}",
-                                 "process each optics group separately")
+            raise InputFileError(
+                star_path,
+                f"several image sizes {sorted(set(sizes_px.tolist()))}",
+                "process each optics group separately",
+            )
         box_size = int(sizes_px[0])
     root = _image_root(star_path, rows) if need_images else Path(os.getcwd())
     if box_size is None:
         if not need_images:
-            raise InputFileError(star_path, "no image size (rlnImageSize) in the optics table",
-                                 "give the box size explicitly")
+            raise InputFileError(
+                star_path,
+                "no image size (rlnImageSize) in the optics table",
+                "give the box size explicitly",
+            )
         first = read_images([str(rows["rlnImageName"].iloc[0])], root=root, star_path=star_path)
         box_size = int(first.shape[-1])
     return ParticleSet(
@@ -209,10 +222,14 @@ def check_square(images: np.ndarray, *, source: str | os.PathLike[str], box_size
     """Raise a clear error unless ``images`` are ``(b, box_size, box_size)``."""
     h, w = images.shape[-2:]
     if h != w:
-        raise InputFileError(source, f"images are {w} x {h} pixels; a square box is needed",
-                             "re-extract the particles with a square box")
+        raise InputFileError(
+            source,
+            f"images are {w} x {h} pixels; a square box is needed",
+            "re-extract the particles with a square box",
+        )
     if h != box_size:
-        raise InputFileError(source, f"images are {h} px but rlnImageSize says {box_size} px",
-                             "fix rlnImageSize in the optics table")
-
-
+        raise InputFileError(
+            source,
+            f"images are {h} px but rlnImageSize says {box_size} px",
+            "fix rlnImageSize in the optics table",
+        )

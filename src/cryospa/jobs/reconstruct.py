@@ -105,7 +105,9 @@ def run_reconstruct(
             bp,
             ft.repeat_interleave(k, 0) if k > 1 else ft,
             rots,
-            ctf=None if ctf_values is None else (ctf_values.repeat_interleave(k, 0) if k > 1 else ctf_values),
+            ctf=None
+            if ctf_values is None
+            else (ctf_values.repeat_interleave(k, 0) if k > 1 else ctf_values),
             max_radius_px=max_radius,
         )
         bar.update(idx.size)

@@ -49,14 +49,19 @@ def run_reproject(
     """
     volume, header = read_mrc(map_path)
     if volume.ndim != 3 or len(set(volume.shape)) != 1:
-        raise InputFileError(map_path, f"map has shape {volume.shape}; a cubic 3D map is needed",
-                             "resize the map to a cubic box first")
+        raise InputFileError(
+            map_path,
+            f"map has shape {volume.shape}; a cubic 3D map is needed",
+            "resize the map to a cubic box first",
+        )
     n = volume.shape[0]
     apix = pixel_size_angstrom
     if apix is None:
         apix = float(header.voxel_size_angstrom[0])
         if apix <= 0:
-            raise InputFileError(map_path, f"voxel size {apix} Å in the header", "give --angpix (Å)")
+            raise InputFileError(
+                map_path, f"voxel size {apix} Å in the header", "give --angpix (Å)"
+            )
     particles = load_particles(angles_star, pixel_size_angstrom=apix, box_size=n, need_images=False)
     out_stack = Path(output)
     if out_stack.suffix != ".mrcs":
