@@ -41,12 +41,16 @@ def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     wrapper = (
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
+        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.PIPE, text=True); "
         "w = time.perf_counter() - t; "
         "sys.stderr.write(r.stderr if r.returncode else ''); "
-        "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.exit(r.returncode)"
+        "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
+        "sys.exit(r.returncode)"
     )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper, *cmd], cwd=cwd, env=env, capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr}")
     wall, rss = out.stdout.split()
@@ -55,7 +59,9 @@ def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float]:
 
 def fsc05(a: np.ndarray, b: np.ndarray, apix: float) -> float:
     curve = fsc(torch.from_numpy(a).double(), torch.from_numpy(b).double())
-    return resolution_at_threshold(curve, box_size=a.shape[0], pixel_size_angstrom=apix, threshold=0.5)
+    return resolution_at_threshold(
+        curve, box_size=a.shape[0], pixel_size_angstrom=apix, threshold=0.5
+    )
 
 
 def run_size(n: int, n_particles: int, threads: int, work: Path) -> list[dict[str, str]]:
@@ -65,38 +71,103 @@ def run_size(n: int, n_particles: int, threads: int, work: Path) -> list[dict[st
     cry = [sys.executable, "-m", "cryospa"]
     rows = []
     # --- projection
-    t_rel, m_rel = timed(["relion_project", "--i", "map.mrc", "--o", "relion_proj", "--ang", "angles.star", "--ctf"],
-                         work, threads)
-    t_us, m_us = timed([*cry, "reproject", "--map", "map.mrc", "--i", "angles.star", "--o", "ours_proj.mrcs",
-                        "--ctf", "--device", "cpu", "--j", str(threads)], work, threads)
+    t_rel, m_rel = timed(
+        ["relion_project", "--i", "map.mrc", "--o", "relion_proj", "--ang", "angles.star", "--ctf"],
+        work,
+        threads,
+    )
+    t_us, m_us = timed(
+        [
+            *cry,
+            "reproject",
+            "--map",
+            "map.mrc",
+            "--i",
+            "angles.star",
+            "--o",
+            "ours_proj.mrcs",
+            "--ctf",
+            "--device",
+            "cpu",
+            "--j",
+            str(threads),
+        ],
+        work,
+        threads,
+    )
     ours, _ = read_mrc(work / "ours_proj.mrcs")
     theirs, _ = read_mrc(work / "relion_proj.mrcs")
-    corr = min(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(ours, theirs, strict=True))
-    rows.append(dict(step="project (CTF)", data=f"{n_particles} x {n}^2 from {n}^3", ours=f"{t_us:.1f}",
-                     relion=f"{t_rel:.1f}", ratio=f"{t_us / t_rel:.2f}", mem_ours=f"{m_us:.0f}",
-                     mem_relion=f"{m_rel:.0f}", acc_ours=f"min corr to RELION {corr:.5f}", acc_relion="(reference)"))
+    corr = min(
+        float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(ours, theirs, strict=True)
+    )
+    rows.append(
+        dict(
+            step="project (CTF)",
+            data=f"{n_particles} x {n}^2 from {n}^3",
+            ours=f"{t_us:.1f}",
+            relion=f"{t_rel:.1f}",
+            ratio=f"{t_us / t_rel:.2f}",
+            mem_ours=f"{m_us:.0f}",
+            mem_relion=f"{m_rel:.0f}",
+            acc_ours=f"min corr to RELION {corr:.5f}",
+            acc_relion="(reference)",
+        )
+    )
     # --- reconstruction from RELION's projections + noise
     rng = np.random.default_rng(1)
     noisy = theirs + rng.normal(0, np.sqrt(10.0) * theirs.std(), theirs.shape).astype(np.float32)
     write_mrc(work / "relion_proj.mrcs", noisy, voxel_size_angstrom=apix, is_stack=True)
-    t_rel, m_rel = timed(["relion_reconstruct", "--i", "relion_proj.star", "--o", "relion_rec.mrc", "--ctf"],
-                         work, threads)
-    t_us, m_us = timed([*cry, "reconstruct", "--i", "relion_proj.star", "--o", "ours_rec.mrc", "--ctf",
-                        "--device", "cpu", "--j", str(threads)], work, threads)
+    t_rel, m_rel = timed(
+        ["relion_reconstruct", "--i", "relion_proj.star", "--o", "relion_rec.mrc", "--ctf"],
+        work,
+        threads,
+    )
+    t_us, m_us = timed(
+        [
+            *cry,
+            "reconstruct",
+            "--i",
+            "relion_proj.star",
+            "--o",
+            "ours_rec.mrc",
+            "--ctf",
+            "--device",
+            "cpu",
+            "--j",
+            str(threads),
+        ],
+        work,
+        threads,
+    )
     rec_us, _ = read_mrc(work / "ours_rec.mrc")
     rec_rel, _ = read_mrc(work / "relion_rec.mrc")
-    agree = fsc(torch.from_numpy(rec_us).double(), torch.from_numpy(rec_rel).double())[int(0.8 * n // 2)]
-    rows.append(dict(step="reconstruct (CTF)", data=f"{n_particles} x {n}^2 -> {n}^3", ours=f"{t_us:.1f}",
-                     relion=f"{t_rel:.1f}", ratio=f"{t_us / t_rel:.2f}", mem_ours=f"{m_us:.0f}",
-                     mem_relion=f"{m_rel:.0f}",
-                     acc_ours=f"FSC0.5 vs truth {fsc05(rec_us, truth, apix):.2f} Å; FSC to RELION at 0.8 Nyq {agree:.3f}",
-                     acc_relion=f"FSC0.5 vs truth {fsc05(rec_rel, truth, apix):.2f} Å"))
+    agree = fsc(torch.from_numpy(rec_us).double(), torch.from_numpy(rec_rel).double())[
+        int(0.8 * n // 2)
+    ]
+    rows.append(
+        dict(
+            step="reconstruct (CTF)",
+            data=f"{n_particles} x {n}^2 -> {n}^3",
+            ours=f"{t_us:.1f}",
+            relion=f"{t_rel:.1f}",
+            ratio=f"{t_us / t_rel:.2f}",
+            mem_ours=f"{m_us:.0f}",
+            mem_relion=f"{m_rel:.0f}",
+            acc_ours=f"FSC0.5 vs truth {fsc05(rec_us, truth, apix):.2f} Å; "
+            f"FSC to RELION at 0.8 Nyq {agree:.3f}",
+            acc_relion=f"FSC0.5 vs truth {fsc05(rec_rel, truth, apix):.2f} Å",
+        )
+    )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["64:2000", "128:4000"], help="box:particles pairs")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", nargs="+", default=["64:2000", "128:4000"], help="box:particles pairs"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
@@ -108,11 +179,33 @@ def main() -> None:
     for spec in args.sizes:
         n, count = (int(v) for v in spec.split(":"))
         rows.extend(run_size(n, count, args.threads, work / f"n{n}"))
-    header = ["step", "data", "cryospa s", "RELION s", "ratio", "cryospa MB", "RELION MB", "cryospa accuracy",
-              "RELION accuracy"]
-    keys = ["step", "data", "ours", "relion", "ratio", "mem_ours", "mem_relion", "acc_ours", "acc_relion"]
-    print(f"Machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
-          f"torch {torch.__version__}, RELION 3.1 (Debian, CPU, double precision); total {time.time() - start:.0f} s\n")
+    header = [
+        "step",
+        "data",
+        "cryospa s",
+        "RELION s",
+        "ratio",
+        "cryospa MB",
+        "RELION MB",
+        "cryospa accuracy",
+        "RELION accuracy",
+    ]
+    keys = [
+        "step",
+        "data",
+        "ours",
+        "relion",
+        "ratio",
+        "mem_ours",
+        "mem_relion",
+        "acc_ours",
+        "acc_relion",
+    ]
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
+        f"torch {torch.__version__}, RELION 3.1 (Debian, CPU, double precision); "
+        f"total {time.time() - start:.0f} s\n"
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
