@@ -159,3 +159,51 @@ def test_images_to_centred_ft_delta_is_flat() -> None:
     img[8, 8] = 1.0
     ft = images_to_centred_ft(img)
     assert torch.allclose(ft, torch.ones_like(ft))
+
+
+def test_wiener_regularised_reconstruction_beats_plain_on_noisy_data() -> None:
+    # images = projections + white noise (sigma per pixel); with the true per-shell SNR
+    # tau2 = S(k) / (n^2 sigma^2), the Wiener estimate D / (W + 1 / tau2) has a lower error
+    # against the truth than D / W, and never a worse FSC
+    from cryospa.core.filters import radial_average
+
+    n = 32
+    vol = _random_map(n, 6)
+    g = torch.Generator().manual_seed(8)
+    rots = random_rotations(800, generator=g)
+    clean = project(make_projector(vol), rots)[0]
+    sigma = 8.0 * float(torch.fft.irfft2(clean, s=(n, n)).std())
+    noise_ft = torch.fft.rfft2(torch.randn(800, n, n, generator=g, dtype=torch.float64) * sigma)
+    bp = make_backprojector(n, dtype=torch.float64)
+    backproject(bp, clean + noise_ft, rots)
+    signal = radial_average(torch.fft.rfftn(vol).abs() ** 2, ndim=3, shape=vol.shape)
+    tau2 = signal / (n * n * sigma**2)
+    plain = reconstruct(bp)
+    wiener = reconstruct(bp, tau2=tau2)
+
+    def err(v: torch.Tensor) -> float:
+        return float(((v - vol) ** 2).sum())
+
+    # measured: 0.59 of the plain error; the true tau2 is the optimum within a factor 3
+    assert err(wiener) < 0.7 * err(plain)
+    assert err(wiener) < 1.05 * min(err(reconstruct(bp, tau2=tau2 * s)) for s in (0.3, 3.0))
+    f_plain, f_wiener = fsc(plain, vol), fsc(wiener, vol)
+    assert (f_wiener - f_plain).min() > -0.01
+
+
+def test_2d_backprojection_of_rotated_copies_restores_the_image() -> None:
+    n = 48
+    yy, xx = _grid(n, 2, torch.float64)
+    img = torch.exp(-((xx - 9) ** 2 + (yy + 4) ** 2) / 10.0) - 0.7 * torch.exp(
+        -((xx + 6) ** 2 + (yy - 8) ** 2) / 6.0
+    )
+    psi = torch.linspace(0, 360, 37, dtype=torch.float64)[:-1]
+    rots = euler_to_matrix(torch.stack([torch.zeros_like(psi), torch.zeros_like(psi), psi], -1))[
+        :, :2, :2
+    ]
+    proj2d = make_projector(img, ndim=2)
+    rotated = project(proj2d, rots)[0]  # (36, n, n//2+1): the image turned by each psi
+    bp = make_backprojector(n, ndim=2, dtype=torch.float64)
+    backproject(bp, rotated, rots)  # inserting each copy at its own rotation undoes it
+    out = reconstruct(bp, mask_radius_px=None)
+    assert (out - img).abs().max() < 0.02 * img.abs().max()

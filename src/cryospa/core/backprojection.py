@@ -164,10 +164,11 @@ def reconstruct(
     bp
         Filled accumulators.
     tau2
-        ``(n_shells,)`` spectral signal-to-noise power per shell of the output box (shell =
-        rounded radius in Fourier pixels of the ``n`` box), in the units of the per-voxel
-        weights ``W`` of the padded grid; adds ``1 / (fudge tau2)`` to the weights (Wiener
-        filter). None: no regularisation.
+        ``(n_shells,)`` signal-to-noise power ratio of one image's Fourier coefficient per
+        shell of the output box (shell = rounded radius in Fourier pixels of the ``n`` box),
+        for data inserted with CTF weights ``CTF^2`` (signal power over noise power per
+        coefficient; RELION's tau2 / sigma2). Adds ``1 / (fudge padding^ndim tau2)`` to the
+        per-voxel weights of the padded grid (Wiener filter). None: no regularisation.
     tau2_fudge
         RELION's ``T`` (``--tau2_fudge``): larger trusts the data more.
     min_weight_fraction
@@ -202,9 +203,10 @@ def reconstruct(
         shell = torch.round(torch.linalg.vector_norm(grid, dim=-1) / bp.padding_factor).long()
         t = tau2.to(device=weight_std.device, dtype=weight_std.dtype)
         shell = shell.clamp(max=t.numel() - 1)
-        inv = torch.where(
-            t[shell] > 0, 1.0 / (tau2_fudge * t[shell]), torch.full_like(t[shell], 1e30)
-        )
+        # the padded grid spreads each unpadded voxel's weight over padding^ndim voxels
+        oversampling = bp.padding_factor**nd
+        ts = t[shell]
+        inv = torch.where(ts > 0, 1.0 / (tau2_fudge * oversampling * ts), torch.full_like(ts, 1e30))
         denom = denom + inv
     vol_ft = data_std / torch.clamp(denom, min=float(floor))
     vol_ft = torch.where(weight_std > 0, vol_ft, torch.zeros_like(vol_ft))
