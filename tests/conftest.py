@@ -11,7 +11,11 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CRYOSPA_SHARED_DATA", REPO.parent / "shared" / "data"))
+_CANDIDATES = [REPO.parent / "shared" / "data", Path("/work/shared/data")]
+SHARED_DATA = Path(
+    os.environ.get("CRYOSPA_SHARED_DATA")
+    or next((str(p) for p in _CANDIDATES if p.is_dir()), str(_CANDIDATES[0]))
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -107,13 +107,20 @@ def output_frequencies(
     return torch.stack([gx, gy, gz], dim=-1)
 
 
-def sample_centred(c: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+def to_channels(c: torch.Tensor) -> torch.Tensor:
+    """``(C, ...)`` complex centred grid -> ``(1, 2 C, ...)`` real channels for ``grid_sample``."""
+    real = torch.view_as_real(c)  # (C, ..., 2)
+    return real.movedim(-1, 1).reshape(1, -1, *c.shape[1:]).contiguous()
+
+
+def sample_centred(channels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Interpolate a centred padded FT at frequency coordinates, with Friedel symmetry.
 
     Parameters
     ----------
-    c
-        ``(C, N + 1, [N + 1,] N // 2 + 1)`` complex centred grid with ``C`` channels.
+    channels
+        ``(1, 2 C, N + 1, [N + 1,] N // 2 + 1)`` real channels from :func:`to_channels` of a
+        centred grid with ``C`` maps.
     coords
         ``(P, ndim)`` frequency coordinates (x, y[, z]) in padded-grid units.
 
@@ -123,22 +130,25 @@ def sample_centred(c: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         ``(C, P)`` complex interpolated values.
     """
     ndim = coords.shape[-1]
-    n_full = c.shape[-2]
+    n_full = channels.shape[-2]
     half = n_full // 2
-    neg = coords[:, 0] < 0
-    coords = torch.where(neg[:, None], -coords, coords)
-    # normalised grid_sample coordinates, align_corners=True: -1 -> index 0, 1 -> index size-1
-    idx = coords.clone()
-    idx[:, 1:] += half
-    sizes = [c.shape[-1]] + [n_full] * (ndim - 1)
-    norm = torch.stack([2.0 * idx[:, i] / (sizes[i] - 1) - 1.0 for i in range(ndim)], dim=-1)
-    real = torch.view_as_real(c)  # (C, ..., 2)
-    chans = real.movedim(-1, 1).reshape(1, -1, *c.shape[1:])  # (1, 2C, ...)
+    neg = coords[:, :1] < 0  # (P, 1)
+    coords = torch.where(neg, -coords, coords)
+    # grid_sample coordinates with align_corners=True map -1 / +1 to the first / last index:
+    # x index = kx, y (and z) index = k + N // 2
+    sizes = [channels.shape[-1]] + [n_full] * (ndim - 1)
+    scale = torch.tensor([2.0 / (s - 1) for s in sizes], dtype=coords.dtype, device=coords.device)
+    offset = torch.tensor(
+        [-1.0] + [2.0 * half / (n_full - 1) - 1.0] * (ndim - 1),
+        dtype=coords.dtype,
+        device=coords.device,
+    )
+    norm = (coords * scale + offset).to(channels.dtype)
     grid = norm.reshape(1, 1, -1, ndim) if ndim == 2 else norm.reshape(1, 1, 1, -1, ndim)
-    out = F.grid_sample(chans, grid.to(chans.dtype), mode="bilinear", align_corners=True)
-    out = out.reshape(c.shape[0], 2, -1).movedim(1, -1).contiguous()
+    out = F.grid_sample(channels, grid, mode="bilinear", align_corners=True)
+    out = out.reshape(channels.shape[1] // 2, 2, -1).movedim(1, -1).contiguous()
     vals = torch.view_as_complex(out)  # (C, P)
-    return torch.where(neg[None, :], vals.conj(), vals)
+    return torch.where(neg.T, vals.conj(), vals)
 
 
 def scatter_centred(

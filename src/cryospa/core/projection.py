@@ -46,12 +46,19 @@ class Projector:
         ``N``.
     ndim
         2 or 3.
+    channels
+        ``data`` as real ``grid_sample`` channels (derived; set on creation).
     """
 
     data: torch.Tensor
     box_size: int
     padded_size: int
     ndim: int
+    channels: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels is None:
+            self.channels = pf.to_channels(self.data)
 
     @property
     def padding_factor(self) -> float:
@@ -141,7 +148,10 @@ def project(
     b = rotations.shape[0]
     n = projector.box_size
     sel = coords[:, inside]  # (b, P_in, ndim)
-    vals = pf.sample_centred(projector.data, sel.reshape(-1, projector.ndim))  # (C, b*P_in)
+    channels = (
+        projector.channels if projector.channels is not None else pf.to_channels(projector.data)
+    )
+    vals = pf.sample_centred(channels, sel.reshape(-1, projector.ndim))  # (C, b*P_in)
     out = torch.zeros(
         (projector.data.shape[0], b, n, n // 2 + 1), dtype=projector.data.dtype, device=vals.device
     )
