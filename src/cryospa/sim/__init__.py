@@ -1,0 +1,32 @@
+"""Physical simulation of cryo-EM data with ground truth (``cryospa simulate``).
+
+* :mod:`cryospa.sim.physics`: image formation shared by every level (weak-phase object, CTF
+  with coherence envelopes, detector MTF, coloured noise, RELION-style normalisation).
+* :mod:`cryospa.sim.particles`: ``--level particles``, extracted-particle stacks straight from
+  maps, with ``particles.star`` and ``ground_truth/``.
+"""
+
+from cryospa.sim.particles import (
+    ParticleSimulation,
+    TrueMaps,
+    prepare_maps,
+    read_angles,
+    read_maps,
+    run_simulate_particles,
+    simulate_particles,
+    write_particle_simulation,
+)
+from cryospa.sim.physics import BackgroundModel, Microscope
+
+__all__ = [
+    "BackgroundModel",
+    "Microscope",
+    "ParticleSimulation",
+    "TrueMaps",
+    "prepare_maps",
+    "read_angles",
+    "read_maps",
+    "run_simulate_particles",
+    "simulate_particles",
+    "write_particle_simulation",
+]
