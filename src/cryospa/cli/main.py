@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "reconstruct": "reconstruct",
     "reproject": "reproject",
     "fsc": "fsc",
+    "simulate": "simulate",
 }
 
 

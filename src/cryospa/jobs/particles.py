@@ -130,18 +130,25 @@ class ParticleSet:
 
 
 def _image_root(star_path: Path, rows: pd.DataFrame) -> Path:
-    """Folder the image names resolve against: the working directory (RELION) or the STAR's."""
+    """Folder the image names resolve against.
+
+    RELION resolves them against the working directory (the project folder); we also accept
+    the STAR file's folder and its parents, so that e.g. ``Job/run_data.star`` naming
+    ``Job/particles.mrcs`` works from anywhere.
+    """
     if "rlnImageName" not in rows.columns or rows.empty:
         return Path(os.getcwd())
     _, rel = parse_image_name(str(rows["rlnImageName"].iloc[0]))
     if Path(rel).is_absolute() or Path(rel).exists():
         return Path(os.getcwd())
-    if (star_path.parent / rel).exists():
-        return star_path.parent
+    folder = star_path.resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / rel).exists():
+            return candidate
     raise InputFileError(
         star_path,
         f"image stack {rel!r} (first rlnImageName) found neither in the working directory "
-        f"{os.getcwd()} nor next to the STAR file",
+        f"{os.getcwd()} nor in the STAR file's folder or its parents",
         "run from the project folder that the image paths are relative to",
     )
 

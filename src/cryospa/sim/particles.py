@@ -28,7 +28,8 @@ the particle (at the image centre minus its origin, clipped to the box),
 mean over the disc. The expected noise variance in each disc is known in closed form from the
 noise power spectrum (:func:`cryospa.sim.physics.expected_masked_noise_variance`), so one
 counting-noise level for the whole data set meets the SNR exactly in expectation. The particle
-diameter is by default that of the sphere holding 99 % of the map's positive density.
+diameter is by default that of the sphere holding 99 % of the density on the map's support
+(voxels above 20 % of its 99.9th percentile).
 
 Maps: each map is read with its voxel size, zero-padded and Fourier-rescaled to the output pixel
 size (the padding is chosen so that the rescaled box is an integer number of voxels within
@@ -61,7 +62,7 @@ from cryospa.core.rotations import euler_to_matrix, matrix_to_euler, random_rota
 from cryospa.core.symmetry import symmetrise_volume, symmetry_operators
 from cryospa.errors import InputFileError, ParameterError
 from cryospa.io.mrc import format_image_name, read_mrc, write_mrc
-from cryospa.io.star import joined, read_relion_star, split_optics, write_relion_star
+from cryospa.io.star import read_relion_star, split_optics, write_relion_star
 from cryospa.sim.physics import (
     BackgroundModel,
     Microscope,
@@ -72,6 +73,7 @@ from cryospa.sim.physics import (
     masked_variance,
     normalise_background,
     potential_scale,
+    support_mask,
     transfer_2d,
 )
 
@@ -110,8 +112,8 @@ class TrueMaps:
     pixel_size_angstrom
         Voxel size (Å).
     particle_radius_px
-        Radius (pixels) of the sphere that holds 99 % of the positive density (largest over the
-        classes), or half the given particle diameter.
+        Radius (pixels) of the sphere that holds 99 % of the density (largest over the
+        classes; density on the support only), or half the given particle diameter.
     magnification_error
         Relative size error left by resampling: the maps are larger than the inputs by this
         fraction (0 when no resampling was needed).
@@ -230,11 +232,16 @@ def _resample(volume: torch.Tensor, ratio: float) -> tuple[torch.Tensor, float]:
 
 
 def _mass_radius_px(volume: torch.Tensor, fraction: float = 0.99) -> float:
-    """Radius (pixels, about voxel ``n // 2``) of the sphere with ``fraction`` of the positive mass."""
+    """Radius (px, about voxel ``n // 2``) of the sphere with ``fraction`` of the support's mass.
+
+    Only the density on the support (:func:`cryospa.sim.physics.support_mask`) counts, so that
+    noise in the solvent of a reconstructed map does not inflate the radius.
+    """
     n = volume.shape[-1]
     ax = torch.arange(n, dtype=torch.float64) - n // 2
     r = torch.sqrt(ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2)
-    w = volume.detach().to("cpu", torch.float64).clamp(min=0).reshape(-1)
+    v = volume.detach().to("cpu", torch.float64)
+    w = torch.where(support_mask(v), v, torch.zeros_like(v)).reshape(-1)
     order = torch.argsort(r.reshape(-1))
     cum = torch.cumsum(w[order], 0)
     if float(cum[-1]) <= 0:
@@ -613,18 +620,18 @@ def simulate_particles(
 
     def batch_geometry(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Full-grid transfer, disc masks in the small and the big box."""
-        f32 = dict(device=dev, dtype=torch.float32)
+        f32 = torch.float32
         transfer, _ = transfer_2d(
             (big, big),
             apix,
             microscope=microscope,
-            defocus_u_angstrom=torch.as_tensor(du[idx], **f32),
-            defocus_v_angstrom=torch.as_tensor(dv[idx], **f32),
-            astigmatism_angle_degrees=torch.as_tensor(dang[idx], **f32),
+            defocus_u_angstrom=torch.as_tensor(du[idx], device=dev, dtype=f32),
+            defocus_v_angstrom=torch.as_tensor(dv[idx], device=dev, dtype=f32),
+            astigmatism_angle_degrees=torch.as_tensor(dang[idx], device=dev, dtype=f32),
             bfactor_angstrom2=bfactor_angstrom2,
             rfft=False,
         )
-        centres = (b // 2 - origins_px[idx]).to(**f32)  # (nb, 2) x, y in the small box
+        centres = (b // 2 - origins_px[idx]).to(dev, f32)  # (nb, 2) x, y in the small box
         small = _circles(b, centres, radius)
         large = F.pad(small, [start, big - b - start, start, big - b - start])
         return transfer, small, large
@@ -930,8 +937,7 @@ def run_simulate_particles(
         angles, origins = read_angles(angles_star)
         if n_particles is not None and n_particles != len(angles):
             raise ParameterError(
-                f"--n {n_particles} but {angles_star} has {len(angles)} orientations: "
-                "leave out --n"
+                f"--n {n_particles} but {angles_star} has {len(angles)} orientations: leave out --n"
             )
         n_particles = len(angles)
     if n_particles is None:

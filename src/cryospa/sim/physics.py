@@ -14,7 +14,7 @@ State model (one image of one particle, relative intensity units: the mean expos
 
 * ``V`` is the Coulomb potential of the specimen relative to the surrounding vitreous ice (V);
   a map in arbitrary units is scaled so that its mean over the particle's support (voxels above
-  a fraction of the map's top values, see :func:`potential_scale`) equals a protein-in-ice
+  a fraction of the map's top values, see :func:`support_mask`) equals a protein-in-ice
   contrast potential (default 2 V: protein about 5.5 to 7 V, vitreous ice about 3.5 to 4.9 V;
   Rullgård et al. 2011, J. Microsc. 243:234; Vulović et al. 2013, J. Struct. Biol. 183:19).
 * ``sigma_e = 2 pi m e lambda / h^2`` (relativistic), the interaction constant in
@@ -72,6 +72,7 @@ __all__ = [
     "masked_variance",
     "normalise_background",
     "potential_scale",
+    "support_mask",
     "transfer_2d",
 ]
 
@@ -369,8 +370,10 @@ def background_power_2d(
         ** 2
     )
     mtf = detector_mtf_2d(shape, rfft=False, device=transfer.device, dtype=transfer.dtype)
-    slow = background.low_frequency_power * mtf**2 * torch.exp(
-        -((k * background.low_frequency_length_angstrom) ** 2)
+    slow = (
+        background.low_frequency_power
+        * mtf**2
+        * torch.exp(-((k * background.low_frequency_length_angstrom) ** 2))
     )
     ice = background.ice_to_shot_power * transfer**2 * (1.0 + ring)
     return 1.0 + ice + slow
@@ -479,13 +482,37 @@ def normalise_background(
     return (images - mean[:, None, None]) / sd[:, None, None], mean, sd
 
 
+def support_mask(volume: torch.Tensor, *, support_fraction: float = 0.2) -> torch.Tensor:
+    """The particle's support: voxels above a fraction of the map's 99.9th percentile.
+
+    Parameters
+    ----------
+    volume
+        ``(d, h, w)`` map with positive density for protein.
+    support_fraction
+        Threshold as a fraction of the 99.9th percentile (robust to noise in the solvent).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(d, h, w)`` boolean mask.
+    """
+    flat = volume.reshape(-1).to(torch.float64)
+    top = float(torch.quantile(flat[:: max(1, flat.numel() // 2_000_000)], 0.999))
+    if top <= 0:
+        raise ParameterError(
+            "the map has no positive density (99.9th percentile <= 0): protein must be "
+            "positive (invert the map's contrast first)"
+        )
+    return volume > support_fraction * top
+
+
 def potential_scale(
     volume: torch.Tensor, *, contrast_potential_volt: float, support_fraction: float = 0.2
 ) -> float:
     """Factor turning a map in arbitrary units into Coulomb potential relative to ice (V).
 
-    The particle's support is the set of voxels above ``support_fraction`` times the map's
-    99.9th percentile; the factor makes the mean over the support equal to
+    The factor makes the mean over the particle's support (:func:`support_mask`) equal to
     ``contrast_potential_volt``.
 
     Parameters
@@ -502,12 +529,5 @@ def potential_scale(
     float
         Multiply the map by this.
     """
-    flat = volume.reshape(-1).to(torch.float64)
-    top = float(torch.quantile(flat[:: max(1, flat.numel() // 2_000_000)], 0.999))
-    if top <= 0:
-        raise ParameterError(
-            "the map has no positive density (99.9th percentile <= 0): protein must be "
-            "positive (invert the map's contrast first)"
-        )
-    support = flat[flat > support_fraction * top]
-    return contrast_potential_volt / float(support.mean())
+    support = support_mask(volume, support_fraction=support_fraction)
+    return contrast_potential_volt / float(volume[support].to(torch.float64).mean())
