@@ -276,3 +276,26 @@ def test_read_images_errors_name_stack_and_row(tmp_path: Path) -> None:
         read_images(["000003@a.mrcs"], root=tmp_path)
     with pytest.raises(InputFileError, match="holds 2 images"):
         read_images(["a.mrcs"], root=tmp_path)
+
+
+def test_stack_writer_streams_and_is_atomic(tmp_path):
+    from cryospa.io.mrc import StackWriter
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(10, 12, 16)).astype(np.float32)
+    target = tmp_path / "s.mrcs"
+    with StackWriter(target, 10, (12, 16), voxel_size_angstrom=1.5) as w:
+        w.write(0, images[:4])
+        w.write(4, images[4:9])
+        w.write(9, images[9])
+        assert not target.exists()  # only the temporary file exists while writing
+    data, header = read_mrc(target)
+    np.testing.assert_array_equal(data, images)
+    assert header.is_stack and header.voxel_size_angstrom[0] == pytest.approx(1.5)
+    # a failure inside the block leaves nothing behind
+    bad = tmp_path / "bad.mrcs"
+    with pytest.raises(ValueError, match="cannot write"):
+        with StackWriter(bad, 3, (4, 4), voxel_size_angstrom=1.0) as w:
+            w.write(2, np.zeros((2, 4, 4), np.float32))
+    assert not bad.exists()
+    assert list(tmp_path.glob(".*tmp")) == []

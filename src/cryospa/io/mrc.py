@@ -30,6 +30,7 @@ from cryospa.io._files import atomic_output, require_file
 __all__ = [
     "ImageStack",
     "MrcHeaderInfo",
+    "StackWriter",
     "format_image_name",
     "parse_image_name",
     "read_images",
@@ -285,6 +286,98 @@ def write_mrc(
         origin_angstrom=origin_angstrom,
         is_stack=stack,
     )
+
+
+class StackWriter:
+    """Write an MRC image stack piece by piece, never holding it whole in memory.
+
+    The file is created at a temporary name next to ``path`` as a memory map of its final
+    size; :meth:`write` fills images; leaving the ``with`` block normally computes the header
+    statistics (one pass over the memory map) and renames the file into place. On an error
+    the temporary file is removed, so a killed or failed writer never leaves a partial stack.
+
+    Parameters
+    ----------
+    path : path-like
+        Output stack (``.mrcs``).
+    n_images : int
+        Number of images.
+    image_shape : (h, w)
+        Image size in pixels.
+    voxel_size_angstrom : float
+        Pixel size in Å.
+    float16 : bool, optional
+        Mode 12 instead of float32.
+
+    Notes
+    -----
+    Write 1000 images of 64 x 64 px in batches of 100::
+
+        with StackWriter("out.mrcs", 1000, (64, 64), voxel_size_angstrom=2.0) as w:
+            for start in range(0, 1000, 100):
+                w.write(start, batch_of_100_images)
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        n_images: int,
+        image_shape: tuple[int, int],
+        *,
+        voxel_size_angstrom: float,
+        float16: bool = False,
+    ) -> None:
+        if n_images < 1 or len(image_shape) != 2 or min(image_shape) < 1:
+            raise ValueError(
+                f"need n_images >= 1 and a 2D image shape, got {n_images}, {image_shape}"
+            )
+        self.path = Path(path)
+        self.n_images = int(n_images)
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        self.voxel_size_angstrom = float(voxel_size_angstrom)
+        self._mode = 12 if float16 else 2
+        self._context = atomic_output(self.path)
+        self._mrc: Any = None
+
+    def __enter__(self) -> StackWriter:
+        tmp = self._context.__enter__()
+        shape = (self.n_images, *self.image_shape)
+        self._mrc = mrcfile.new_mmap(tmp, shape=shape, mrc_mode=self._mode, overwrite=True)
+        return self
+
+    def write(self, start: int, images: np.ndarray) -> None:
+        """Store ``(k, h, w)`` (or one ``(h, w)``) images at indices ``start .. start + k - 1``."""
+        if self._mrc is None:
+            raise RuntimeError("StackWriter.write called outside its `with` block")
+        arr = np.asarray(images)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.shape[1:] != self.image_shape or start < 0 or start + arr.shape[0] > self.n_images:
+            raise ValueError(
+                f"cannot write images of shape {arr.shape} at {start} into a stack of "
+                f"{self.n_images} x {self.image_shape}"
+            )
+        self._mrc.data[start : start + arr.shape[0]] = arr
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        mrc, self._mrc = self._mrc, None
+        try:
+            if exc_type is None and mrc is not None:
+                mrc.set_image_stack()
+                mrc.voxel_size = self.voxel_size_angstrom
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mrc.update_header_stats()
+                mrc.add_label("cryospa")
+        finally:
+            if mrc is not None:
+                mrc.close()
+            self._context.__exit__(exc_type, exc, tb)
 
 
 IndexLike = int | np.integer | slice | Sequence[int] | np.ndarray

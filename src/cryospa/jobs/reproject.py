@@ -6,14 +6,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from cryospa.core.fourier import phase_shift_2d
 from cryospa.core.projection import centred_ft_to_images, make_projector, project
 from cryospa.errors import InputFileError
-from cryospa.io.mrc import format_image_name, read_mrc, write_mrc
+from cryospa.io.mrc import StackWriter, format_image_name, read_mrc
 from cryospa.io.star import split_optics, write_relion_star
 from cryospa.jobs.particles import load_particles
 
@@ -69,19 +68,18 @@ def run_reproject(
     max_radius = None if max_resolution_angstrom is None else n * apix / max_resolution_angstrom
     dev = torch.device(device)
     projector = make_projector(torch.from_numpy(volume).to(dev), padding_factor=padding_factor)
-    images = np.empty((len(particles), n, n), dtype=np.float32)
     bar = tqdm(total=len(particles), desc="projecting", unit="image", disable=not progress)
-    for idx in particles.batches(batch_size):
-        rots = particles.rotations(idx).to(dev, torch.float32)
-        ft = project(projector, rots, max_radius_px=max_radius)[0]
-        # the particle of a STAR row sits at centre - origin
-        ft = ft * phase_shift_2d((n, n), -particles.origins_px(idx).to(dev, torch.float32))
-        if ctf:
-            ft = ft * particles.ctf(idx, device=dev)
-        images[idx] = centred_ft_to_images(ft, n).cpu().numpy()
-        bar.update(idx.size)
+    with StackWriter(out_stack, len(particles), (n, n), voxel_size_angstrom=apix) as writer:
+        for idx in particles.batches(batch_size):
+            rots = particles.rotations(idx).to(dev, torch.float32)
+            ft = project(projector, rots, max_radius_px=max_radius)[0]
+            # the particle of a STAR row sits at centre - origin
+            ft = ft * phase_shift_2d((n, n), -particles.origins_px(idx).to(dev, torch.float32))
+            if ctf:
+                ft = ft * particles.ctf(idx, device=dev)
+            writer.write(int(idx[0]), centred_ft_to_images(ft, n).cpu().numpy())
+            bar.update(idx.size)
     bar.close()
-    write_mrc(out_stack, images, voxel_size_angstrom=apix, is_stack=True)
     rows = particles.rows.copy()
     rows["rlnImageName"] = [format_image_name(i, out_stack.name) for i in range(len(rows))]
     rows["rlnImagePixelSize"] = apix
