@@ -135,6 +135,12 @@ def test_resolution_at_threshold_of_synthetic_curves(device, dtype):
     )
     with pytest.raises(ValueError, match="n_shells"):
         resolution_at_threshold(curve[None], box_size=box, pixel_size_angstrom=pixel)
+    # a negative DC shell (maps of normalised particles) does not count
+    dc_negative = curve.clone()
+    dc_negative[0] = -1.0
+    assert resolution_at_threshold(
+        dc_negative, box_size=box, pixel_size_angstrom=pixel, threshold=0.5
+    ) == pytest.approx(box * pixel / 10, rel=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

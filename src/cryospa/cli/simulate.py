@@ -1,4 +1,4 @@
-r"""Simulate cryo-EM data with ground truth (level: particles).
+r"""Simulate cryo-EM data with ground truth (levels: particles, micrographs).
 
 --level particles: extracted particle images straight from one or more maps (one per class):
 random uniform orientations (or those of --angles), sub-pixel origins, per-micrograph defocus
@@ -11,22 +11,52 @@ to ice; it is Fourier-rescaled to --angpix and padded or cropped to --box.
 SNR = mean over particles of the signal variance inside a disc of the particle's diameter
 (centred on the particle) / the noise variance in the same disc; 0.01 to 0.1 is realistic.
 
-Output folder (--o, created; must not exist or be empty; nothing is left on error):
-  particles.star, Particles/micNNN.mrcs    as freshly extracted particles (no angles)
-  ground_truth/particles_true.star         true angles, origins (Å), defocus, class
-  ground_truth/map_classNNN.mrc            the maps projected (V), at --angpix and --box
-  ground_truth/simulation.json, README.txt every parameter and the seed
+--level micrographs: summed micrographs in electron counts (float32 MRC, not normalised, dark
+particles) of --mic_size px at --angpix (default 1.77 Å/px), --particles_per_micrograph
+particles each at random positions at least --min_distance apart (default: the particle
+diameter) and half a --box from the edges; the whole field is imaged at once: projected potential
+of every particle plus vitreous ice (a smooth random thickness field of --ice_thickness Å with a
+relative sd of --ice_variation, modulating the ice's phase, the counted fraction of electrons and
+the amorphous-ice structure), per-micrograph defocus, astigmatism and angle, CTF with coherence
+and B-factor envelopes, detector MTF, Poisson counts at --dose e/Å² on average.
 
-Example:
+Output folder (--o, created; must not exist or be empty; nothing is left on error):
+  particles level:
+    particles.star, Particles/micNNN.mrcs    as freshly extracted particles (no angles)
+    ground_truth/particles_true.star         true angles, origins (Å), defocus, class
+  micrographs level:
+    micrographs.star, Micrographs/micNNN.mrc as RELION's motion correction (no CTF)
+    ground_truth/micrographs_ctf.star        true defocus U / V / angle (as CtfFind's output)
+    ground_truth/coords/Micrographs/micNNN_true.star
+                                             true coordinates (relion_preprocess --coord_dir
+                                             ground_truth/coords/ --coord_suffix _true.star)
+    ground_truth/particles_true.star         coordinates, true angles, origins for extraction
+                                             at the coordinates, defocus, class
+  both:
+    ground_truth/map_classNNN.mrc            the maps projected (V), at --angpix and --box
+    ground_truth/simulation.json, README.txt every parameter and the seed
+
+For example:
   cryospa simulate --level particles --map map.mrc --n 2000 --box 64 --angpix 2.0 \
       --snr 0.05 --sym D2 --o sim
+  cryospa simulate --level micrographs --map map.mrc --sym D2 --n_micrographs 12 \
+      --mic_size 1024 --particles_per_micrograph 40 --dose 30.65 --o mics
 """
 
 from __future__ import annotations
 
 import argparse
 
+import torch
+
 from cryospa.cli._common import add_compute_args, compute_from_args
+from cryospa.errors import ParameterError
+from cryospa.sim.micrographs import (
+    DEFAULT_DOSE_E_PER_A2,
+    DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM,
+    IceModel,
+    run_simulate_micrographs,
+)
 from cryospa.sim.particles import run_simulate_particles
 from cryospa.sim.physics import Microscope
 
@@ -35,9 +65,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options."""
     parser.add_argument(
         "--level",
-        choices=["particles"],
+        choices=["particles", "micrographs"],
         default="particles",
-        help="what to simulate: particles = extracted particle stacks (default: particles)",
+        help="what to simulate: particles = extracted particle stacks, micrographs = summed "
+        "micrographs with ground-truth coordinates (default: particles)",
     )
     parser.add_argument("--o", required=True, metavar="DIR", help="output folder (new or empty)")
     parser.add_argument(
@@ -84,58 +115,131 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="diameter in Å of the disc the SNR is measured in (default: the sphere with 99 %% "
         "of the density on the map's support)",
     )
-    g = parser.add_argument_group("particles")
-    g.add_argument("--n", type=int, default=None, help="number of particles")
+    g = parser.add_argument_group("particles (both levels unless marked)")
+    g.add_argument("--n", type=int, default=None, help="number of particles (particles level)")
     g.add_argument(
         "--angles",
         default=None,
         metavar="STAR",
         help="take orientations (and origins, if present) from this STAR file instead of "
-        "random ones; sets --n",
+        "random ones; sets --n (particles level)",
     )
     g.add_argument(
         "--box",
         type=int,
         default=None,
         metavar="PX",
-        help="box size in pixels, even; larger than the map is allowed (default: the map's box "
-        "at --angpix)",
+        help="box size in pixels, even; larger than the map is allowed; at the micrographs "
+        "level the box the maps are projected in and the extraction box of the ground truth "
+        "(default: the map's box at --angpix)",
     )
     g.add_argument(
         "--angpix",
         type=float,
         default=None,
         metavar="Å",
-        help="pixel size of the particles in Å (default: the map's voxel size)",
+        help="pixel size of the particles / micrographs in Å (default: the map's voxel size "
+        f"for particles, {DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM:g} for micrographs)",
     )
     g.add_argument(
-        "--snr", type=float, default=0.05, help="particle SNR (see above; default: 0.05)"
+        "--snr",
+        type=float,
+        default=0.05,
+        help="particle SNR (see above; particles level; default: 0.05)",
     )
     g.add_argument(
         "--max_origin",
         type=float,
         default=5.0,
         metavar="Å",
-        help="origins uniform in [-max, max] Å along x and y (default: 5)",
+        help="origins uniform in [-max, max] Å along x and y (particles level; default: 5)",
     )
     g.add_argument(
         "--n_micrographs",
         type=int,
         default=None,
-        help="micrographs the particles come from (default: one per 200 particles)",
+        help="number of micrographs (default: 12 at the micrographs level; at the particles "
+        "level the micrographs the particles come from, one per 200 particles)",
     )
     g.add_argument(
         "--no_invert",
         action="store_true",
-        help="keep dark particles (default: inverted, white, as RELION extraction with "
-        "--invert_contrast)",
+        help="keep dark particles (particles level; default: inverted, white, as RELION "
+        "extraction with --invert_contrast)",
     )
     g.add_argument(
         "--pad",
         type=float,
         default=2.0,
         help="simulate in a box this many times larger, then crop, so CTF delocalisation "
-        "loses signal as in real extraction; 1 = periodic as relion_project (default: 2)",
+        "loses signal as in real extraction; 1 = periodic as relion_project (particles "
+        "level; default: 2)",
+    )
+    ice = IceModel()
+    g = parser.add_argument_group("micrographs (micrographs level)")
+    g.add_argument(
+        "--mic_size",
+        type=int,
+        nargs="+",
+        default=[1024],
+        metavar="PX",
+        help="micrograph width [and height] in pixels (default: 1024, square)",
+    )
+    g.add_argument(
+        "--particles_per_micrograph",
+        type=int,
+        default=40,
+        help="particles per micrograph; 0 = ice only; random packing of non-overlapping "
+        "particles half a box from the edges limits it (default: 40)",
+    )
+    g.add_argument(
+        "--min_distance",
+        type=float,
+        default=None,
+        metavar="Å",
+        help="smallest distance between particle centres in Å (default: the particle "
+        "diameter, so particles do not overlap)",
+    )
+    g.add_argument(
+        "--dose",
+        type=float,
+        default=DEFAULT_DOSE_E_PER_A2,
+        metavar="e/Å²",
+        help="total exposure in e/Å², counted on average over the micrograph; sets the "
+        f"Poisson counting noise (default: {DEFAULT_DOSE_E_PER_A2:g}, the tutorial's 24 "
+        "frames of 1.277 e/Å²)",
+    )
+    g.add_argument(
+        "--ice_thickness",
+        type=float,
+        default=ice.thickness_angstrom,
+        metavar="Å",
+        help=f"mean ice thickness in Å; 0 = no ice (default: {ice.thickness_angstrom:g})",
+    )
+    g.add_argument(
+        "--ice_variation",
+        type=float,
+        default=ice.thickness_variation,
+        metavar="FRACTION",
+        help="relative standard deviation of the ice thickness across a micrograph "
+        f"(default: {ice.thickness_variation:g})",
+    )
+    g.add_argument(
+        "--ice_length",
+        type=float,
+        default=ice.thickness_length_angstrom,
+        metavar="Å",
+        help="length scale in Å of the thickness variation (Gaussian smoothing sigma; "
+        f"default: {ice.thickness_length_angstrom:g})",
+    )
+    g.add_argument(
+        "--ice_attenuation",
+        type=float,
+        default=ice.attenuation_length_angstrom,
+        metavar="Å",
+        help="attenuation length in Å: the counted fraction of electrons falls as "
+        f"exp(-thickness / length) (default: {ice.attenuation_length_angstrom:g}, energy "
+        "filtered)",
     )
     defaults = Microscope()
     g = parser.add_argument_group("microscope and CTF")
@@ -180,7 +284,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=50.0,
         metavar="Å",
-        help="standard deviation in Å of a particle's defocus about its micrograph's (default: 50)",
+        help="standard deviation in Å of a particle's defocus about its micrograph's "
+        "(particles level; default: 50)",
     )
     g.add_argument(
         "--bfactor",
@@ -226,6 +331,8 @@ def main(args: argparse.Namespace) -> int:
         cc_mm=args.cc,
         energy_spread_ev=args.energy_spread,
     )
+    if args.level == "micrographs":
+        return _main_micrographs(args, microscope, device)
     sim, out = run_simulate_particles(
         args.map,
         args.o,
@@ -256,5 +363,57 @@ def main(args: argparse.Namespace) -> int:
         f"wrote {len(sim.images)} particles ({sim.images.shape[-1]} px, "
         f"{sim.maps.pixel_size_angstrom:g} Å/px, SNR {sim.snr:g}, counting noise of "
         f"{sim.equivalent_dose_e_per_a2:.1f} e/Å²) -> {out}"
+    )
+    return 0
+
+
+def _main_micrographs(
+    args: argparse.Namespace, microscope: Microscope, device: torch.device
+) -> int:
+    """``--level micrographs``."""
+    if args.n is not None or args.angles is not None:
+        raise ParameterError(
+            "--n and --angles are for --level particles; at the micrographs level give "
+            "--n_micrographs and --particles_per_micrograph"
+        )
+    if len(args.mic_size) not in (1, 2):
+        raise ParameterError(f"--mic_size takes WIDTH [HEIGHT] in pixels, got {args.mic_size}")
+    width = args.mic_size[0]
+    height = args.mic_size[-1]
+    ice = IceModel(
+        thickness_angstrom=args.ice_thickness,
+        thickness_variation=args.ice_variation,
+        thickness_length_angstrom=args.ice_length,
+        attenuation_length_angstrom=args.ice_attenuation,
+    )
+    sim, out = run_simulate_micrographs(
+        args.map,
+        args.o,
+        fractions=args.fractions,
+        map_pixel_size_angstrom=args.map_angpix,
+        pixel_size_angstrom=args.angpix,
+        box_size=args.box,
+        symmetry=args.sym,
+        contrast_potential_volt=args.contrast_potential,
+        particle_diameter_angstrom=args.particle_diameter,
+        n_micrographs=12 if args.n_micrographs is None else args.n_micrographs,
+        micrograph_shape_px=(height, width),
+        particles_per_micrograph=args.particles_per_micrograph,
+        dose_e_per_a2=args.dose,
+        min_distance_angstrom=args.min_distance,
+        microscope=microscope,
+        ice=ice,
+        defocus_range_angstrom=tuple(args.defocus),
+        astigmatism_angstrom=args.astigmatism,
+        bfactor_angstrom2=args.bfactor,
+        seed=args.seed,
+        batch_size=args.batch,
+        device=device,
+    )
+    p = sim.parameters
+    print(
+        f"wrote {p['n_micrographs']} micrographs ({width} x {height} px, "
+        f"{p['pixel_size_angstrom']:g} Å/px, {p['n_particles']} particles, dose "
+        f"{p['dose_e_per_a2']:g} e/Å²) -> {out}"
     )
     return 0

@@ -129,7 +129,9 @@ def resolution_at_threshold(
     float
         Resolution in Å. If the curve never drops below the threshold, the resolution of the last
         shell (Nyquist, ``2 * pixel_size``, for even boxes), as RELION reports; ``inf`` if the
-        curve is already below the threshold at shell 0.
+        curve is already below the threshold at shell 1. Shell 0 (the DC term, a single
+        coefficient that carries no resolution information and is often negative for maps of
+        normalised particles) is ignored, as RELION sets it to 1.
 
     """
     if fsc_curve.ndim != 1 or fsc_curve.shape[0] < 2:
@@ -138,13 +140,14 @@ def resolution_at_threshold(
         raise ValueError(
             f"need box_size >= 1 and pixel size > 0, got {box_size} and {pixel_size_angstrom} Å"
         )
-    curve = fsc_curve.detach().to("cpu", torch.float64)
+    curve = fsc_curve.detach().to("cpu", torch.float64).clone()
+    curve[0] = 1.0  # the DC term: no resolution information
     below = torch.nonzero(curve < threshold).flatten()
     if below.numel() == 0:
         shell = float(curve.shape[0] - 1)
     else:
         i = int(below[0])
-        if i == 0:
+        if i <= 1:
             return math.inf
         hi, lo = float(curve[i - 1]), float(curve[i])
         if interpolate and hi != lo:

@@ -4,8 +4,18 @@
   with coherence envelopes, detector MTF, coloured noise, RELION-style normalisation).
 * :mod:`cryospa.sim.particles`: ``--level particles``, extracted-particle stacks straight from
   maps, with ``particles.star`` and ``ground_truth/``.
+* :mod:`cryospa.sim.micrographs`: ``--level micrographs``, summed micrographs in electron counts
+  (particles in ice with a thickness field, CTF on the whole field, Poisson counts), with
+  ``micrographs.star`` and ``ground_truth/`` (CTF, coordinates, particles, maps).
 """
 
+from cryospa.sim.micrographs import (
+    IceModel,
+    MicrographSimulation,
+    run_simulate_micrographs,
+    simulate_micrographs,
+    write_micrograph_simulation,
+)
 from cryospa.sim.particles import (
     ParticleSimulation,
     TrueMaps,
@@ -20,13 +30,18 @@ from cryospa.sim.physics import BackgroundModel, Microscope
 
 __all__ = [
     "BackgroundModel",
+    "IceModel",
+    "MicrographSimulation",
     "Microscope",
     "ParticleSimulation",
     "TrueMaps",
     "prepare_maps",
     "read_angles",
     "read_maps",
+    "run_simulate_micrographs",
     "run_simulate_particles",
+    "simulate_micrographs",
     "simulate_particles",
+    "write_micrograph_simulation",
     "write_particle_simulation",
 ]

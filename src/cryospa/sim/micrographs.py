@@ -1,0 +1,1058 @@
+"""Micrograph-level simulation: summed micrographs of particles in ice, in electron counts.
+
+Image formation of one micrograph, all of it at once (pieces from :mod:`cryospa.sim.physics`)::
+
+    phi(r)  = sigma_e [ Vp(r) + V_ice (t(r) - <t>) ] + phi_ice(r)             phase [rad]
+    I(r)    = T(r) [ 1 - 2 F^-1[ CTF(k) E(k) F[phi](k) ] ]   (DC of phi left out)
+    T(r)    = exp(-(t(r) - <t>) / L_att)                                        transmission
+    lam(r)  = dose * a * F^-1[ MTF(k) F[I](k) ] / mean(...)                     expected counts
+    c(r)    ~ Poisson(lam(r))                                                    counts
+
+* ``Vp`` is the projected Coulomb potential (V Å) of every particle: each map (potential relative
+  to ice, as prepared by :func:`cryospa.sim.particles.prepare_maps`) is projected at the
+  particle's orientation (Fourier-slice projection, :mod:`cryospa.core.projection`), moved by
+  its sub-pixel position with a Fourier phase ramp and added into the micrograph at its integer
+  position. Particles sit at random positions (random sequential addition) at least
+  ``min_distance`` apart (default: the particle diameter, so they do not overlap) and at least
+  half an extraction box from every edge, so RELION extracts every one whole.
+* The CTF (RELION convention, :mod:`cryospa.core.ctf`) and the coherence / B-factor envelope
+  ``E`` act on the phase of the whole field, so the delocalised signal of a particle spreads
+  onto its neighbours and into the ice as in a real micrograph. The field is simulated with a
+  margin of the largest delocalisation (``lambda dz_max k_Nyquist``) on every side and cropped,
+  so delocalised signal leaves the micrograph instead of wrapping around. All particles of a
+  micrograph share its defocus (no height variation within the ice).
+* Ice (:class:`IceModel`): a thickness field ``t(r) = t0 (1 + v g(r))`` with ``g`` Gaussian-
+  smoothed white noise of unit standard deviation (smoothing length ``l_t``), clipped at 0. It
+  acts three ways: (1) the phase of the ice's mean inner potential ``V_ice`` over the thickness
+  variation (low-frequency contrast through the CTF); (2) the transmission ``T``: thicker ice
+  loses more electrons (inelastic scattering removed by an energy filter or the objective
+  aperture, attenuation length ``L_att``); (3) the structure of amorphous ice, ``phi_ice``, a
+  Gaussian random phase whose power spectrum is that of independent water molecules of number
+  density ``n_w`` times the structure factor ``S(k)`` of amorphous ice, growing linearly with
+  the local thickness::
+
+      P_ice(k) = sigma_e^2 t(r) V_ice^2 / (n_w a) * S(k) * exp(-B_w k^2 / 2)
+      S(k)     = s0 + h_ring exp(-(k - 1/d_ring)^2 / (2 w_ring^2))
+
+  (``a`` the pixel area; ``exp(-B_w k^2 / 4)`` the molecule's scattering-factor fall-off). The
+  water ring at 3.67 Å and ``S(0)`` of about 0.1 follow the neutron and X-ray structure factors
+  of low-density amorphous ice (Bellissent-Funel et al. 1987, J. Chem. Phys. 87:2231); ``V_ice``
+  about 4.4 V (Rullgård et al. 2011). Proteins displace ice; the maps are potentials relative to
+  ice, and the ice structure is not cut out under the particles (a small error).
+* Detector: the counting detector's MTF (``sinc`` of the pixel) acts on the whole intensity;
+  counts are Poisson in independent pixels (flat noise spectrum, NTF = 1), at an expected
+  ``dose * a`` electrons per pixel on average over the micrograph (``dose`` in e/Å², ``a`` the
+  pixel area in Å²): the dose is the exposure counted on average over the micrograph (thicker
+  ice counts fewer electrons than thinner ice, the mean is the dose). Negative expectations,
+  possible only for phases far beyond the weak-phase range, are set to 0 and counted.
+
+The micrographs are written as float32 MRC files in electron counts per pixel (the sum over the
+exposure, as RELION's motion correction writes a dose-unweighted sum), not normalised; particles
+are dark (protein lowers the counts at underfocus), so extract them with ``--invert_contrast``.
+
+Ground truth in RELION's conventions: coordinates ``rlnCoordinateX/Y`` are the particle centres
+in micrograph pixels (column, row; pixel ``i`` is the centre of the ``i``-th pixel, 0-based as
+RELION). RELION's extraction (``relion_preprocess``) truncates a coordinate to its integer part
+and puts that pixel at the box centre ``B / 2``, so in the extracted image the particle is at
+``B / 2 + (x - floor(x))``; with RELION's convention that a particle sits at the box centre
+minus its origin, the true origin is ``rlnOriginXAngst = -(x - floor(x)) * pixel size`` (and the
+same for y). ``ground_truth/particles_true.star`` holds these origins, so it can be joined with
+the particles RELION extracts at the true coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryospa.core.ctf import ctf_2d
+from cryospa.core.fourier import frequency_grid_2d, phase_shift_2d
+from cryospa.core.projection import centred_ft_to_images, make_projector, project
+from cryospa.core.rotations import euler_to_matrix, matrix_to_euler, random_rotations
+from cryospa.errors import ParameterError
+from cryospa.io.coords import write_coordinates_star
+from cryospa.io.mrc import write_mrc
+from cryospa.io.star import split_optics, write_relion_star
+from cryospa.sim.particles import TrueMaps, prepare_maps, read_maps
+from cryospa.sim.physics import (
+    Microscope,
+    detector_mtf_2d,
+    envelope_2d,
+    interaction_constant_rad_per_volt_angstrom,
+)
+
+__all__ = [
+    "DEFAULT_DOSE_E_PER_A2",
+    "DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM",
+    "IceModel",
+    "MicrographSimulation",
+    "ice_phase_power_2d",
+    "micrograph_image",
+    "place_particles",
+    "run_simulate_micrographs",
+    "simulate_micrographs",
+    "smooth_random_field",
+    "write_micrograph_simulation",
+]
+
+PathLike = str | os.PathLike[str]
+
+#: Folder (inside the output folder) of the micrographs.
+MICROGRAPHS_DIR = "Micrographs"
+#: Folder of the ground truth.
+TRUTH_DIR = "ground_truth"
+#: Folder of the true coordinates, laid out as RELION looks for them (``--coord_dir``).
+COORDS_DIR = f"{TRUTH_DIR}/coords"
+#: Suffix of the coordinate files (``--coord_suffix``).
+COORD_SUFFIX = "_true.star"
+#: Total dose of the RELION / Scipion beta-galactosidase tutorial: 24 frames of 1.277 e/Å².
+DEFAULT_DOSE_E_PER_A2 = 30.65
+#: Pixel size of the tutorial's movies binned twice (Å).
+DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM = 1.77
+
+
+# --------------------------------------------------------------------------------------
+# Ice
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IceModel:
+    """Vitreous ice: thickness field, mean potential, attenuation and amorphous structure.
+
+    Attributes
+    ----------
+    thickness_angstrom
+        Mean thickness ``t0`` (Å); 0 simulates particles in vacuum (no ice at all).
+    thickness_variation
+        Relative standard deviation ``v`` of the thickness field.
+    thickness_length_angstrom
+        Smoothing length ``l_t`` (Å) of the thickness field (Gaussian kernel sigma).
+    mean_potential_volt
+        Mean inner potential ``V_ice`` of vitreous ice (V).
+    attenuation_length_angstrom
+        ``L_att`` (Å): the counted fraction of electrons falls as ``exp(-t / L_att)``; about
+        the inelastic mean free path (roughly 3000 Å at 200-300 kV) with an energy filter, much
+        longer without one.
+    number_density_per_angstrom3
+        ``n_w``: water molecules per Å^3 (0.0308 for 0.92 g/cm^3).
+    structure_factor_low
+        ``s0``: the structure factor of amorphous ice at low frequency.
+    water_ring_height
+        ``h_ring``: height of its first peak above ``s0``.
+    water_ring_angstrom
+        ``d_ring``: position of the peak (Å).
+    water_ring_width_per_angstrom
+        ``w_ring``: Gaussian standard deviation of the peak (1/Å).
+    molecule_bfactor_angstrom2
+        ``B_w`` (Å^2): fall-off of a water molecule's electron scattering factor.
+    """
+
+    thickness_angstrom: float = 300.0
+    thickness_variation: float = 0.1
+    thickness_length_angstrom: float = 500.0
+    mean_potential_volt: float = 4.4
+    attenuation_length_angstrom: float = 3000.0
+    number_density_per_angstrom3: float = 0.0308
+    structure_factor_low: float = 0.1
+    water_ring_height: float = 2.0
+    water_ring_angstrom: float = 3.67
+    water_ring_width_per_angstrom: float = 0.03
+    molecule_bfactor_angstrom2: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "thickness_angstrom",
+            "thickness_variation",
+            "mean_potential_volt",
+            "structure_factor_low",
+            "water_ring_height",
+            "molecule_bfactor_angstrom2",
+        ):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ParameterError(f"ice {name} must be >= 0, got {value}")
+        for name in (
+            "thickness_length_angstrom",
+            "attenuation_length_angstrom",
+            "number_density_per_angstrom3",
+            "water_ring_angstrom",
+            "water_ring_width_per_angstrom",
+        ):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ParameterError(f"ice {name} must be > 0, got {value}")
+
+
+def ice_phase_power_2d(
+    shape: tuple[int, int],
+    pixel_size_angstrom: float,
+    *,
+    ice: IceModel,
+    interaction_constant: float,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Power spectrum of the amorphous-ice phase per Å of thickness (see the module docstring).
+
+    Parameters
+    ----------
+    shape
+        ``(h, w)`` image size (pixels).
+    pixel_size_angstrom
+        Pixel size (Å).
+    ice
+        Ice parameters.
+    interaction_constant
+        ``sigma_e`` in rad / (V Å).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(h, w // 2 + 1)`` rfft-grid power (rad^2 per Å of ice), DC at index 0, in the
+        convention of :func:`cryospa.sim.physics.background_power_2d` (white noise of
+        variance ``v`` has power ``v``).
+    """
+    ky, kx = frequency_grid_2d(shape, pixel_size_angstrom, rfft=True, device=device, dtype=dtype)
+    k2 = kx * kx + ky * ky
+    k = torch.sqrt(k2)
+    ring = ice.water_ring_height * torch.exp(
+        -0.5 * ((k - 1.0 / ice.water_ring_angstrom) / ice.water_ring_width_per_angstrom) ** 2
+    )
+    structure = ice.structure_factor_low + ring
+    per_molecule = (
+        interaction_constant**2
+        * ice.mean_potential_volt**2
+        / (ice.number_density_per_angstrom3 * pixel_size_angstrom**2)
+    )
+    return per_molecule * structure * torch.exp(-0.5 * ice.molecule_bfactor_angstrom2 * k2)
+
+
+def smooth_random_field(
+    white: torch.Tensor, pixel_size_angstrom: float, *, length_angstrom: float
+) -> torch.Tensor:
+    """Gaussian-smoothed white noise, scaled to zero mean and unit standard deviation.
+
+    Parameters
+    ----------
+    white
+        ``(h, w)`` independent standard normal samples.
+    pixel_size_angstrom
+        Pixel size (Å).
+    length_angstrom
+        Standard deviation (Å) of the Gaussian smoothing kernel (periodic).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(h, w)`` smooth field.
+    """
+    ky, kx = frequency_grid_2d(
+        tuple(white.shape[-2:]),  # type: ignore[arg-type]
+        pixel_size_angstrom,
+        device=white.device,
+        dtype=white.dtype,
+    )
+    kernel = torch.exp(-2.0 * math.pi**2 * length_angstrom**2 * (kx * kx + ky * ky))
+    field = torch.fft.irfft2(torch.fft.rfft2(white) * kernel, s=white.shape[-2:])
+    field = field - field.mean()
+    sd = field.std()
+    return field / sd if float(sd) > 0 else field
+
+
+# --------------------------------------------------------------------------------------
+# Particle positions
+# --------------------------------------------------------------------------------------
+
+
+def place_particles(
+    n_particles: int,
+    micrograph_shape_px: tuple[int, int],
+    *,
+    min_distance_px: float,
+    edge_px: float,
+    rng: np.random.Generator,
+    max_attempts: int | None = None,
+) -> np.ndarray:
+    """Random non-overlapping positions (random sequential addition).
+
+    Parameters
+    ----------
+    n_particles
+        Number of positions.
+    micrograph_shape_px
+        ``(h, w)`` micrograph size (pixels).
+    min_distance_px
+        Smallest allowed distance between two positions (pixels).
+    edge_px
+        Positions lie in ``[edge, size - edge)`` along each axis.
+    rng
+        Random generator.
+    max_attempts
+        Candidates drawn before giving up (default ``max(20000, 200 n)``).
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, 2)`` float64 positions ``(x, y)`` (column, row) in pixels.
+
+    Raises
+    ------
+    ParameterError
+        The positions do not fit.
+    """
+    h, w = micrograph_shape_px
+    if n_particles == 0:
+        return np.zeros((0, 2))
+    if w - 2 * edge_px <= 0 or h - 2 * edge_px <= 0:
+        raise ParameterError(
+            f"a {w} x {h} px micrograph has no room for particles {edge_px:g} px from the "
+            "edges: enlarge --mic_size or reduce --box"
+        )
+    attempts = max_attempts or max(20000, 200 * n_particles)
+    out = np.empty((n_particles, 2))
+    count = 0
+    d2 = min_distance_px**2
+    drawn = 0
+    while count < n_particles and drawn < attempts:
+        chunk = rng.uniform(size=(1024, 2)) * [w - 2 * edge_px, h - 2 * edge_px] + edge_px
+        drawn += len(chunk)
+        for cand in chunk:
+            if count:
+                diff = out[:count] - cand
+                if float(np.min(diff[:, 0] ** 2 + diff[:, 1] ** 2)) < d2:
+                    continue
+            out[count] = cand
+            count += 1
+            if count == n_particles:
+                break
+    if count < n_particles:
+        area = (w - 2 * edge_px) * (h - 2 * edge_px)
+        jammed = int(0.547 * area / (math.pi * min_distance_px**2 / 4))
+        raise ParameterError(
+            f"could place only {count} of {n_particles} particles at least "
+            f"{min_distance_px:.1f} px apart in a {w} x {h} px micrograph (random packing "
+            f"jams near {jammed}): lower --particles_per_micrograph (say <= {int(0.8 * jammed)}) "
+            "or --min_distance, or enlarge --mic_size"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# One micrograph
+# --------------------------------------------------------------------------------------
+
+
+def _paste(field: torch.Tensor, images: torch.Tensor, corners_px: torch.Tensor) -> None:
+    """Add ``(b, n, n)`` images into an ``(H, W)`` field at ``(b, 2)`` integer corners (x, y)."""
+    n = images.shape[-1]
+    width = field.shape[-1]
+    ax = torch.arange(n, device=field.device)
+    rows = corners_px[:, 1, None] + ax  # (b, n)
+    cols = corners_px[:, 0, None] + ax  # (b, n)
+    flat = rows[:, :, None] * width + cols[:, None, :]  # (b, n, n)
+    field.view(-1).index_add_(0, flat.reshape(-1), images.reshape(-1).to(field.dtype))
+
+
+def micrograph_image(
+    potential_volt_angstrom: torch.Tensor,
+    thickness_angstrom: torch.Tensor,
+    ice_white: torch.Tensor,
+    *,
+    pixel_size_angstrom: float,
+    microscope: Microscope,
+    ice: IceModel,
+    defocus_u_angstrom: float,
+    defocus_v_angstrom: float,
+    astigmatism_angle_degrees: float,
+    bfactor_angstrom2: float = 0.0,
+) -> torch.Tensor:
+    """Noiseless image (relative intensity, 1 = the incident beam) of a field of view.
+
+    Parameters
+    ----------
+    potential_volt_angstrom
+        ``(H, W)`` projected potential of the particles relative to ice (V Å).
+    thickness_angstrom
+        ``(H, W)`` ice thickness (Å).
+    ice_white
+        ``(H, W)`` standard normal samples for the amorphous-ice structure.
+    pixel_size_angstrom
+        Pixel size (Å).
+    microscope
+        Optics.
+    ice
+        Ice parameters.
+    defocus_u_angstrom, defocus_v_angstrom, astigmatism_angle_degrees
+        CTF of the field (RELION convention; Å and degrees).
+    bfactor_angstrom2
+        Damage / blur B-factor (Å^2).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(H, W)`` intensity after the detector MTF, periodic over the field (crop a margin).
+    """
+    shape = (int(potential_volt_angstrom.shape[-2]), int(potential_volt_angstrom.shape[-1]))
+    dev, dt = potential_volt_angstrom.device, potential_volt_angstrom.dtype
+    sigma_e = interaction_constant_rad_per_volt_angstrom(microscope.voltage_kv)
+    t = thickness_angstrom
+    t_mean = t.mean()
+    phase = sigma_e * (potential_volt_angstrom + ice.mean_potential_volt * (t - t_mean))
+    if ice.thickness_angstrom > 0:
+        power = ice_phase_power_2d(
+            shape, pixel_size_angstrom, ice=ice, interaction_constant=sigma_e, device=dev, dtype=dt
+        )
+        structure = torch.fft.irfft2(torch.fft.rfft2(ice_white) * torch.sqrt(power), s=shape)
+        phase = phase + torch.sqrt(t.clamp(min=0)) * structure
+    du = torch.tensor([defocus_u_angstrom], device=dev, dtype=dt)
+    dv = torch.tensor([defocus_v_angstrom], device=dev, dtype=dt)
+    angle = torch.tensor([astigmatism_angle_degrees], device=dev, dtype=dt)
+    ky, kx = frequency_grid_2d(shape, pixel_size_angstrom, device=dev, dtype=dt)
+    ctf = ctf_2d(
+        kx,
+        ky,
+        defocus_u_angstrom=du,
+        defocus_v_angstrom=dv,
+        astigmatism_angle_degrees=angle,
+        voltage_kv=microscope.voltage_kv,
+        spherical_aberration_mm=microscope.cs_mm,
+        amplitude_contrast=microscope.amplitude_contrast,
+    )
+    env = envelope_2d(
+        kx,
+        ky,
+        microscope=microscope,
+        defocus_u_angstrom=du,
+        defocus_v_angstrom=dv,
+        astigmatism_angle_degrees=angle,
+        bfactor_angstrom2=bfactor_angstrom2,
+    )
+    ft = torch.fft.rfft2(phase)
+    ft[0, 0] = 0  # a constant phase gives no contrast; the mean is set by the transmission
+    contrast = torch.fft.irfft2(ft * (ctf * env)[0], s=shape)
+    transmission = torch.exp(-(t - t_mean) / ice.attenuation_length_angstrom)
+    intensity = transmission * (1.0 - 2.0 * contrast)
+    mtf = detector_mtf_2d(shape, device=dev, dtype=dt)
+    return torch.fft.irfft2(torch.fft.rfft2(intensity) * mtf, s=shape)
+
+
+# --------------------------------------------------------------------------------------
+# A data set
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class MicrographSimulation:
+    """Simulated micrographs and their ground truth.
+
+    Attributes
+    ----------
+    micrographs
+        ``(M, h, w)`` float32 electron counts per pixel (Poisson).
+    expected_counts
+        ``(M, h, w)`` float32 noiseless expectation of ``micrographs``.
+    thickness_angstrom
+        ``(M, h, w)`` float32 true ice thickness (Å).
+    micrographs_table
+        Rows of ``micrographs.star`` joined with optics (as RELION's motion correction).
+    ctf_table
+        Rows of ``ground_truth/micrographs_ctf.star`` joined with optics (true defocus).
+    truth
+        Rows of ``ground_truth/particles_true.star`` joined with optics: micrograph,
+        coordinates, angles, origins for extraction at the coordinates, defocus, class, subset.
+    maps
+        The maps projected (ground truth).
+    parameters
+        Every setting and the seed, for the record.
+    """
+
+    micrographs: np.ndarray
+    expected_counts: np.ndarray
+    thickness_angstrom: np.ndarray
+    micrographs_table: pd.DataFrame
+    ctf_table: pd.DataFrame
+    truth: pd.DataFrame
+    maps: TrueMaps
+    parameters: dict[str, Any]
+
+
+def _check_positive(what: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ParameterError(f"{what} must be > 0, got {value}")
+
+
+def _validate_micrograph_options(
+    *,
+    n_micrographs: int,
+    micrograph_shape_px: tuple[int, int],
+    particles_per_micrograph: int,
+    dose_e_per_a2: float,
+    defocus_range_angstrom: tuple[float, float],
+    astigmatism_angstrom: float,
+    bfactor_angstrom2: float,
+    box_size: int,
+    particle_diameter_px: float,
+) -> None:
+    if n_micrographs < 1:
+        raise ParameterError(f"number of micrographs must be >= 1, got {n_micrographs}")
+    if particles_per_micrograph < 0:
+        raise ParameterError(
+            f"particles per micrograph must be >= 0, got {particles_per_micrograph}"
+        )
+    if not (dose_e_per_a2 > 0 and math.isfinite(dose_e_per_a2)):
+        raise ParameterError(
+            f"dose must be > 0 e/Å² (the total exposure, e.g. 30 to 60), got {dose_e_per_a2}: "
+            "set --dose"
+        )
+    h, w = micrograph_shape_px
+    if h < 16 or w < 16:
+        raise ParameterError(f"micrograph size must be >= 16 px, got {w} x {h} (--mic_size)")
+    if box_size >= min(h, w):
+        raise ParameterError(
+            f"the box ({box_size} px) is not smaller than the micrograph ({w} x {h} px): "
+            "reduce --box or enlarge --mic_size"
+        )
+    if particle_diameter_px >= min(h, w):
+        raise ParameterError(
+            f"the particle ({particle_diameter_px:.0f} px across) does not fit into the "
+            f"micrograph ({w} x {h} px): enlarge --mic_size or raise --angpix"
+        )
+    lo, hi = defocus_range_angstrom
+    if not (0 < lo <= hi):
+        raise ParameterError(
+            f"defocus range must satisfy 0 < min <= max (Å, underfocus positive), got {lo}, {hi}"
+        )
+    for what, value in (
+        ("astigmatism (--astigmatism, Å)", astigmatism_angstrom),
+        ("B-factor (--bfactor, Å^2)", bfactor_angstrom2),
+    ):
+        if not (value >= 0 and math.isfinite(value)):
+            raise ParameterError(f"{what} must be >= 0, got {value}")
+    if astigmatism_angstrom / 2 >= lo:
+        raise ParameterError(
+            f"astigmatism {astigmatism_angstrom} Å is too large for the smallest defocus {lo} Å"
+        )
+
+
+def simulate_micrographs(
+    maps: TrueMaps,
+    fractions: Sequence[float] | None = None,
+    *,
+    n_micrographs: int = 12,
+    micrograph_shape_px: tuple[int, int] = (1024, 1024),
+    particles_per_micrograph: int = 40,
+    dose_e_per_a2: float = DEFAULT_DOSE_E_PER_A2,
+    min_distance_angstrom: float | None = None,
+    microscope: Microscope | None = None,
+    ice: IceModel | None = None,
+    defocus_range_angstrom: tuple[float, float] = (8000.0, 25000.0),
+    astigmatism_angstrom: float = 500.0,
+    micrograph_defocus: np.ndarray | None = None,
+    bfactor_angstrom2: float = 50.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> MicrographSimulation:
+    """Simulate summed micrographs of particles in ice, with Poisson counts and ground truth.
+
+    Parameters
+    ----------
+    maps
+        From :func:`cryospa.sim.particles.prepare_maps`: the pixel size of the micrographs, the
+        box the maps are projected in and the extraction box of the ground truth, and the
+        particle diameter.
+    fractions
+        Class fractions, one per map, summing to 1 (default: equal).
+    n_micrographs
+        Number of micrographs.
+    micrograph_shape_px
+        ``(h, w)`` micrograph size (pixels).
+    particles_per_micrograph
+        Particles per micrograph (0: ice only).
+    dose_e_per_a2
+        Total exposure (e/Å²), counted on average over the micrograph.
+    min_distance_angstrom
+        Smallest distance between particle centres (Å); default the particle diameter.
+    microscope
+        Optics (default 200 kV, Cs 1.4 mm, amplitude contrast 0.1).
+    ice
+        Ice model (default :class:`IceModel`).
+    defocus_range_angstrom
+        Range (Å) of the micrographs' mean defocus ``(dU + dV) / 2``, underfocus positive.
+    astigmatism_angstrom
+        Largest ``dU - dV`` (Å); each micrograph draws it uniformly from 0, at an angle
+        uniform in [-90, 90) degrees.
+    micrograph_defocus
+        ``(M, 3)`` defocus U, V (Å) and astigmatism angle (degrees) of each micrograph, to use
+        instead of random ones (the random draws are still made, so the rest of the data set
+        does not change).
+    bfactor_angstrom2
+        B-factor (Å^2) of the damage / blur envelope.
+    seed
+        Seed of every random draw; the same seed gives the same data set.
+    batch_size
+        Particles projected at once.
+    device
+        Where to compute.
+
+    Returns
+    -------
+    MicrographSimulation
+        Micrographs, expected counts, thickness and the tables of the output folder.
+    """
+    microscope = microscope or Microscope()
+    ice = ice or IceModel()
+    apix = maps.pixel_size_angstrom
+    b = maps.box_size
+    h, w = (int(v) for v in micrograph_shape_px)
+    diameter_px = 2.0 * maps.particle_radius_px
+    _validate_micrograph_options(
+        n_micrographs=n_micrographs,
+        micrograph_shape_px=(h, w),
+        particles_per_micrograph=particles_per_micrograph,
+        dose_e_per_a2=dose_e_per_a2,
+        defocus_range_angstrom=defocus_range_angstrom,
+        astigmatism_angstrom=astigmatism_angstrom,
+        bfactor_angstrom2=bfactor_angstrom2,
+        box_size=b,
+        particle_diameter_px=diameter_px,
+    )
+    if min_distance_angstrom is None:
+        min_distance_px = diameter_px
+    else:
+        if not (min_distance_angstrom >= 0 and math.isfinite(min_distance_angstrom)):
+            raise ParameterError(
+                f"minimum distance (--min_distance, Å) must be >= 0, got {min_distance_angstrom}"
+            )
+        min_distance_px = min_distance_angstrom / apix
+    n_classes = maps.n_classes
+    if fractions is None:
+        frac = np.full(n_classes, 1.0 / n_classes)
+    else:
+        frac = np.asarray(fractions, dtype=np.float64)
+        if frac.shape != (n_classes,) or np.any(frac <= 0) or abs(frac.sum() - 1) > 1e-3:
+            raise ParameterError(
+                f"class fractions must be one positive number per map ({n_classes}) summing to "
+                f"1, got {list(frac.ravel())}"
+            )
+        frac = frac / frac.sum()
+    if batch_size < 1:
+        raise ParameterError(f"batch size must be >= 1, got {batch_size}")
+
+    # --- metadata: every random draw from one seeded generator, in a fixed order
+    rng = np.random.default_rng(seed)
+    m_count = int(n_micrographs)
+    per = int(particles_per_micrograph)
+    mean_df = rng.uniform(*defocus_range_angstrom, size=m_count)
+    astig = rng.uniform(0.0, astigmatism_angstrom, size=m_count)
+    astig_angle = rng.uniform(-90.0, 90.0, size=m_count)
+    mic_du, mic_dv = mean_df + astig / 2, mean_df - astig / 2
+    if micrograph_defocus is not None:
+        given = np.asarray(micrograph_defocus, dtype=np.float64)
+        if given.shape != (m_count, 3) or not np.all(np.isfinite(given)):
+            raise ParameterError(
+                f"micrograph defocus must be {m_count} rows of (dU, dV, angle), got shape "
+                f"{given.shape}"
+            )
+        if np.any(given[:, 1] <= 0) or np.any(given[:, 0] < given[:, 1]):
+            raise ParameterError("given defocus must satisfy dU >= dV > 0 (Å, underfocus)")
+        mic_du, mic_dv, astig_angle = given[:, 0].copy(), given[:, 1].copy(), given[:, 2].copy()
+    positions = np.concatenate(
+        [
+            place_particles(per, (h, w), min_distance_px=min_distance_px, edge_px=b / 2, rng=rng)
+            for _ in range(m_count)
+        ]
+    ).reshape(-1, 2)
+    n = m_count * per
+    mic = np.repeat(np.arange(m_count), per)
+    classes = rng.choice(n_classes, size=n, p=frac) + 1
+    torch_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    angles = (
+        matrix_to_euler(random_rotations(n, generator=torch_gen)).numpy() if n else np.zeros((0, 3))
+    )
+    rotations = euler_to_matrix(torch.from_numpy(angles))  # (n, 3, 3) float64, as written
+    subsets = rng.integers(1, 3, size=n)
+
+    # --- image formation, one micrograph at a time
+    dev = torch.device(device)
+    f32 = torch.float32
+    lam = microscope.wavelength_angstrom
+    k_nyquist = 1.0 / (2.0 * apix)
+    reach_angstrom = lam * (max(mic_du.max(), 1.0)) * k_nyquist
+    margin = math.ceil(reach_angstrom / apix) + 8
+    hp, wp = h + 2 * margin, w + 2 * margin
+    hp += hp % 2
+    wp += wp % 2
+    projectors = [make_projector(maps.volumes[c].to(dev)) for c in range(n_classes)]
+    whole = np.floor(positions).astype(np.int64)
+    frac_px = positions - whole
+    micrographs = np.empty((m_count, h, w), dtype=np.float32)
+    expected = np.empty((m_count, h, w), dtype=np.float32)
+    thickness_out = np.empty((m_count, h, w), dtype=np.float32)
+    clipped = 0
+    mean_thickness = np.zeros(m_count)
+    for m in range(m_count):
+        field = torch.zeros((hp, wp), dtype=f32, device=dev)
+        idx_m = np.flatnonzero(mic == m)
+        for lo in range(0, idx_m.size, batch_size):
+            idx = idx_m[lo : lo + batch_size]
+            ft = torch.empty((idx.size, b, b // 2 + 1), dtype=torch.complex64, device=dev)
+            for c in range(n_classes):
+                sel = np.flatnonzero(classes[idx] == c + 1)
+                if sel.size:
+                    rots = rotations[idx[sel]].to(dev, f32)
+                    ft[torch.from_numpy(sel).to(dev)] = project(projectors[c], rots)[0]
+            shift = phase_shift_2d((b, b), torch.from_numpy(frac_px[idx]).to(dev, f32))
+            images = centred_ft_to_images(ft * shift, b) * apix  # (nb, b, b) V Å
+            corners = torch.from_numpy(whole[idx] + margin - b // 2).to(dev)
+            _paste(field, images, corners)
+        white_t = torch.from_numpy(rng.standard_normal((hp, wp), dtype=np.float32)).to(dev)
+        white_ice = torch.from_numpy(rng.standard_normal((hp, wp), dtype=np.float32)).to(dev)
+        g = smooth_random_field(white_t, apix, length_angstrom=ice.thickness_length_angstrom)
+        thickness = (ice.thickness_angstrom * (1.0 + ice.thickness_variation * g)).clamp(min=0)
+        intensity = micrograph_image(
+            field,
+            thickness,
+            white_ice,
+            pixel_size_angstrom=apix,
+            microscope=microscope,
+            ice=ice,
+            defocus_u_angstrom=float(mic_du[m]),
+            defocus_v_angstrom=float(mic_dv[m]),
+            astigmatism_angle_degrees=float(astig_angle[m]),
+            bfactor_angstrom2=bfactor_angstrom2,
+        )
+        crop = intensity[margin : margin + h, margin : margin + w].to(torch.float64)
+        lam_counts = crop / crop.mean() * (dose_e_per_a2 * apix * apix)
+        clipped += int((lam_counts < 0).sum())
+        lam_np = lam_counts.clamp(min=0).cpu().numpy()
+        expected[m] = lam_np
+        micrographs[m] = rng.poisson(lam_np)
+        thickness_out[m] = thickness[margin : margin + h, margin : margin + w].cpu().numpy()
+        mean_thickness[m] = float(thickness_out[m].mean())
+
+    # --- tables
+    names = [f"{MICROGRAPHS_DIR}/mic{m + 1:03d}.mrc" for m in range(m_count)]
+    mic_optics = {
+        "rlnOpticsGroup": 1,
+        "rlnOpticsGroupName": "opticsGroup1",
+        "rlnMicrographOriginalPixelSize": apix,
+        "rlnVoltage": microscope.voltage_kv,
+        "rlnSphericalAberration": microscope.cs_mm,
+        "rlnAmplitudeContrast": microscope.amplitude_contrast,
+        "rlnMicrographPixelSize": apix,
+    }
+    micrographs_table = pd.DataFrame({"rlnMicrographName": names, **mic_optics})
+    ctf_table = pd.DataFrame(
+        {
+            "rlnMicrographName": names,
+            "rlnDefocusU": mic_du,
+            "rlnDefocusV": mic_dv,
+            "rlnCtfAstigmatism": mic_du - mic_dv,
+            "rlnDefocusAngle": astig_angle,
+            **mic_optics,
+        }
+    )
+    origins = -frac_px * apix  # extraction at floor(coordinate): see the module docstring
+    truth = pd.DataFrame(
+        {
+            "rlnMicrographName": [names[m] for m in mic],
+            "rlnCoordinateX": positions[:, 0],
+            "rlnCoordinateY": positions[:, 1],
+            "rlnAngleRot": angles[:, 0],
+            "rlnAngleTilt": angles[:, 1],
+            "rlnAnglePsi": angles[:, 2],
+            "rlnOriginXAngst": origins[:, 0],
+            "rlnOriginYAngst": origins[:, 1],
+            "rlnDefocusU": mic_du[mic],
+            "rlnDefocusV": mic_dv[mic],
+            "rlnDefocusAngle": astig_angle[mic],
+            "rlnClassNumber": classes,
+            "rlnRandomSubset": subsets,
+            "rlnOpticsGroup": 1,
+            "rlnOpticsGroupName": "opticsGroup1",
+            "rlnMicrographOriginalPixelSize": apix,
+            "rlnVoltage": microscope.voltage_kv,
+            "rlnSphericalAberration": microscope.cs_mm,
+            "rlnAmplitudeContrast": microscope.amplitude_contrast,
+            "rlnImagePixelSize": apix,
+            "rlnImageSize": b,
+            "rlnImageDimensionality": 2,
+        }
+    )
+    parameters: dict[str, Any] = {
+        "level": "micrographs",
+        "seed": seed,
+        "n_micrographs": m_count,
+        "micrograph_size_px": [w, h],
+        "particles_per_micrograph": per,
+        "n_particles": n,
+        "pixel_size_angstrom": apix,
+        "box_size_px": b,
+        "maps": maps.sources,
+        "class_fractions": [float(x) for x in frac],
+        "symmetry": maps.symmetry,
+        "map_magnification_error": maps.magnification_error,
+        "map_volts_per_unit": maps.volts_per_unit,
+        "particle_diameter_angstrom": diameter_px * apix,
+        "min_distance_angstrom": min_distance_px * apix,
+        "dose_e_per_a2": dose_e_per_a2,
+        "mean_counts_per_pixel": dose_e_per_a2 * apix * apix,
+        "negative_expectations_clipped": clipped,
+        "interaction_constant_rad_per_volt_angstrom": interaction_constant_rad_per_volt_angstrom(
+            microscope.voltage_kv
+        ),
+        "microscope": vars(microscope),
+        "ice": asdict(ice),
+        "mean_ice_thickness_angstrom": [float(x) for x in mean_thickness],
+        "defocus_range_angstrom": list(defocus_range_angstrom),
+        "astigmatism_angstrom": astigmatism_angstrom,
+        "bfactor_angstrom2": bfactor_angstrom2,
+        "simulation_margin_px": margin,
+        "orientations": "random uniform",
+        "origins": "-(coordinate - floor(coordinate)) * pixel size, for RELION's extraction",
+    }
+    return MicrographSimulation(
+        micrographs=micrographs,
+        expected_counts=expected,
+        thickness_angstrom=thickness_out,
+        micrographs_table=micrographs_table,
+        ctf_table=ctf_table,
+        truth=truth,
+        maps=maps,
+        parameters=parameters,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------
+
+
+def _check_output_dir(output_dir: PathLike) -> Path:
+    target = Path(output_dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ParameterError(
+            f"output folder {target} exists and is not empty: choose another --o or remove it"
+        )
+    return target
+
+
+_README = """\
+Simulated micrographs (cryospa simulate --level micrographs)
+
+micrographs.star            the micrographs as RELION's motion correction lists them (3.1 STAR,
+                            optics with pixel size, voltage, Cs, amplitude contrast; no CTF)
+Micrographs/micNNN.mrc      float32 micrographs in electron counts per pixel (Poisson, summed
+                            over the exposure; not normalised); particles are dark
+ground_truth/micrographs_ctf.star
+                            the true rlnDefocusU/V/Angle per micrograph, as CtfFind's output
+ground_truth/coords/Micrographs/micNNN{suffix}
+                            true particle centres (rlnCoordinateX/Y, micrograph pixels, 0-based
+                            pixel centres), laid out as RELION looks for coordinates
+ground_truth/particles_true.star
+                            per particle: micrograph, coordinates, true rlnAngleRot/Tilt/Psi,
+                            rlnOriginX/YAngst = -(coordinate - floor(coordinate)) x pixel size
+                            (RELION extraction puts pixel floor(coordinate) at the box centre),
+                            defocus, rlnClassNumber, rlnRandomSubset; optics for a
+                            {box} px box at {apix} Å/px
+ground_truth/map_classNNN.mrc
+                            the maps projected, Coulomb potential relative to ice (V)
+ground_truth/ice_thickness.mrcs
+                            the true ice thickness (Å) of each micrograph, one image each
+ground_truth/simulation.json
+                            every parameter, the seed and derived numbers
+
+Extract the particles at the true coordinates with RELION, from this folder:
+  relion_preprocess --i ground_truth/micrographs_ctf.star --coord_dir {coord_dir}/ \\
+      --coord_suffix {suffix} --part_star particles.star --part_dir Particles/ --extract \\
+      --extract_size {box} --invert_contrast --norm --bg_radius {bg}
+
+{summary}
+"""
+
+
+def write_micrograph_simulation(sim: MicrographSimulation, output_dir: PathLike) -> Path:
+    """Write a micrograph simulation into a new folder, atomically.
+
+    The folder is written under a temporary name next to ``output_dir`` and renamed at the
+    end; nothing is left behind on failure.
+
+    Parameters
+    ----------
+    sim
+        From :func:`simulate_micrographs`.
+    output_dir
+        Folder to create (it may exist if empty).
+
+    Returns
+    -------
+    Path
+        The output folder.
+    """
+    target = _check_output_dir(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    apix = sim.maps.pixel_size_angstrom
+    try:
+        (tmp / MICROGRAPHS_DIR).mkdir(parents=True)
+        (tmp / COORDS_DIR / MICROGRAPHS_DIR).mkdir(parents=True)
+        names = sim.micrographs_table["rlnMicrographName"].tolist()
+        for m, name in enumerate(names):
+            write_mrc(tmp / name, sim.micrographs[m], voxel_size_angstrom=apix)
+            rows = sim.truth[sim.truth["rlnMicrographName"] == name]
+            stem = Path(name).with_suffix("").as_posix()
+            write_coordinates_star(
+                tmp / COORDS_DIR / f"{stem}{COORD_SUFFIX}",
+                rows[["rlnCoordinateX", "rlnCoordinateY"]],
+            )
+        write_relion_star(
+            tmp / "micrographs.star", split_optics(sim.micrographs_table, "micrographs")
+        )
+        write_relion_star(
+            tmp / TRUTH_DIR / "micrographs_ctf.star", split_optics(sim.ctf_table, "micrographs")
+        )
+        write_relion_star(
+            tmp / TRUTH_DIR / "particles_true.star", split_optics(sim.truth, "particles")
+        )
+        for c in range(sim.maps.n_classes):
+            write_mrc(
+                tmp / TRUTH_DIR / f"map_class{c + 1:03d}.mrc",
+                sim.maps.volumes[c].cpu().numpy(),
+                voxel_size_angstrom=apix,
+            )
+        write_mrc(
+            tmp / TRUTH_DIR / "ice_thickness.mrcs",
+            sim.thickness_angstrom,
+            voxel_size_angstrom=apix,
+            is_stack=True,
+        )
+        (tmp / TRUTH_DIR / "simulation.json").write_text(
+            json.dumps(sim.parameters, indent=2) + "\n", encoding="utf-8"
+        )
+        p = sim.parameters
+        summary = "\n".join(
+            [
+                f"seed {p['seed']}; {p['n_micrographs']} micrographs of "
+                f"{p['micrograph_size_px'][0]} x {p['micrograph_size_px'][1]} px at "
+                f"{apix} Å/px, {p['particles_per_micrograph']} particles each, at least "
+                f"{p['min_distance_angstrom']:.1f} Å apart",
+                f"maps {p['maps']}, fractions {p['class_fractions']}, symmetry {p['symmetry']}",
+                f"{p['microscope']['voltage_kv']} kV, Cs {p['microscope']['cs_mm']} mm, "
+                f"amplitude contrast {p['microscope']['amplitude_contrast']}",
+                f"mean defocus {p['defocus_range_angstrom']} Å, astigmatism up to "
+                f"{p['astigmatism_angstrom']} Å, B {p['bfactor_angstrom2']} Å^2",
+                f"dose {p['dose_e_per_a2']} e/Å^2 = {p['mean_counts_per_pixel']:.2f} counts per "
+                f"pixel on average; ice {p['ice']['thickness_angstrom']} Å thick "
+                f"(relative sd {p['ice']['thickness_variation']})",
+            ]
+        )
+        (tmp / "README.txt").write_text(
+            _README.format(
+                suffix=COORD_SUFFIX,
+                coord_dir=COORDS_DIR,
+                box=sim.maps.box_size,
+                apix=apix,
+                bg=int(0.375 * sim.maps.box_size),
+                summary=summary,
+            ),
+            encoding="utf-8",
+        )
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def run_simulate_micrographs(
+    map_paths: Sequence[PathLike],
+    output_dir: PathLike,
+    *,
+    fractions: Sequence[float] | None = None,
+    map_pixel_size_angstrom: float | None = None,
+    pixel_size_angstrom: float | None = None,
+    box_size: int | None = None,
+    symmetry: str = "C1",
+    contrast_potential_volt: float = 2.0,
+    particle_diameter_angstrom: float | None = None,
+    **options: Any,
+) -> tuple[MicrographSimulation, Path]:
+    """Read maps, simulate micrographs and write the output folder (the ``simulate`` job).
+
+    Parameters
+    ----------
+    map_paths
+        One MRC map per class.
+    output_dir
+        New (or empty) output folder.
+    fractions
+        Class fractions (default equal).
+    map_pixel_size_angstrom
+        Voxel size of the maps (Å) instead of their headers'.
+    pixel_size_angstrom
+        Micrograph pixel size (Å); default 1.77 (the tutorial's movies binned twice).
+    box_size
+        Projection and extraction box (pixels, even); default the first map's box after
+        resampling, made even.
+    symmetry, contrast_potential_volt, particle_diameter_angstrom
+        See :func:`cryospa.sim.particles.prepare_maps`; the particle diameter is also the
+        default minimum distance between particles.
+    **options
+        Keyword options of :func:`simulate_micrographs`.
+
+    Returns
+    -------
+    tuple
+        The simulation and the output folder.
+    """
+    _check_output_dir(output_dir)
+    if fractions is not None and len(fractions) != len(map_paths):
+        raise ParameterError(
+            f"{len(map_paths)} map(s) but {len(fractions)} fraction(s): give one per map"
+        )
+    dose = options.get("dose_e_per_a2", DEFAULT_DOSE_E_PER_A2)
+    if not (dose > 0 and math.isfinite(dose)):
+        raise ParameterError(f"dose must be > 0 e/Å² (the total exposure), got {dose}: set --dose")
+    volumes, sizes = read_maps(map_paths, map_pixel_size_angstrom=map_pixel_size_angstrom)
+    apix = (
+        DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM
+        if pixel_size_angstrom is None
+        else (pixel_size_angstrom)
+    )
+    _check_positive("pixel size (--angpix, Å)", apix)
+    if box_size is None:
+        box_size = round(volumes[0].shape[0] * sizes[0] / apix)
+        box_size += box_size % 2
+    h, w = options.get("micrograph_shape_px", (1024, 1024))
+    if box_size >= min(h, w):
+        raise ParameterError(
+            f"the box ({box_size} px) is not smaller than the micrograph ({w} x {h} px): "
+            "reduce --box or enlarge --mic_size"
+        )
+    maps = prepare_maps(
+        volumes,
+        sizes,
+        pixel_size_angstrom=apix,
+        box_size=box_size,
+        symmetry=symmetry,
+        contrast_potential_volt=contrast_potential_volt,
+        particle_diameter_angstrom=particle_diameter_angstrom,
+        sources=[str(p) for p in map_paths],
+    )
+    sim = simulate_micrographs(maps, fractions, **options)
+    return sim, write_micrograph_simulation(sim, output_dir)
