@@ -9,6 +9,7 @@ Every writer is atomic (temporary file in the same folder, then :func:`os.replac
 bad input raises :class:`cryospa.errors.InputFileError` naming the file, problem and fix.
 """
 
+from cryospa.io._files import atomic_folder, check_new_folder
 from cryospa.io.coords import read_coordinates, write_box, write_coordinates_star
 from cryospa.io.movies import (
     MovieReader,
@@ -51,6 +52,8 @@ __all__ = [
     "MrcHeaderInfo",
     "RelionTable",
     "apply_gain",
+    "atomic_folder",
+    "check_new_folder",
     "correct_defects",
     "format_image_name",
     "joined",

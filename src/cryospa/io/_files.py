@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cryospa.errors import InputFileError
+from cryospa.errors import InputFileError, ParameterError
 
 
 def require_file(path: str | os.PathLike[str], *, what: str = "file") -> Path:
@@ -40,6 +41,37 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_new_folder(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` if it can become a new output folder (absent or empty), else raise."""
+    target = Path(path)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ParameterError(
+            f"output folder {target} exists and is not empty: choose another --o or remove it"
+        )
+    return target
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success rename it onto ``path``.
+
+    ``path`` must not exist or be an empty folder (else :class:`ParameterError`). On error the
+    temporary folder and everything in it are removed, so no partial output folder is left.
+    """
+    target = check_new_folder(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -65,8 +65,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,6 +79,7 @@ from cryospa.core.fourier import frequency_grid_2d, phase_shift_2d
 from cryospa.core.projection import centred_ft_to_images, make_projector, project
 from cryospa.core.rotations import euler_to_matrix, matrix_to_euler, random_rotations
 from cryospa.errors import ParameterError
+from cryospa.io import atomic_folder, check_new_folder
 from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import write_mrc
 from cryospa.io.star import split_optics, write_relion_star
@@ -841,15 +840,6 @@ def simulate_micrographs(
 # --------------------------------------------------------------------------------------
 
 
-def _check_output_dir(output_dir: PathLike) -> Path:
-    target = Path(output_dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ParameterError(
-            f"output folder {target} exists and is not empty: choose another --o or remove it"
-        )
-    return target
-
-
 _README = """\
 Simulated micrographs (cryospa simulate --level micrographs)
 
@@ -902,11 +892,9 @@ def write_micrograph_simulation(sim: MicrographSimulation, output_dir: PathLike)
     Path
         The output folder.
     """
-    target = _check_output_dir(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    target = Path(output_dir)
     apix = sim.maps.pixel_size_angstrom
-    try:
+    with atomic_folder(target) as tmp:
         (tmp / MICROGRAPHS_DIR).mkdir(parents=True)
         (tmp / COORDS_DIR / MICROGRAPHS_DIR).mkdir(parents=True)
         names = sim.micrographs_table["rlnMicrographName"].tolist()
@@ -970,12 +958,6 @@ def write_micrograph_simulation(sim: MicrographSimulation, output_dir: PathLike)
             ),
             encoding="utf-8",
         )
-        if target.exists():
-            target.rmdir()  # empty, checked above
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -1020,7 +1002,7 @@ def run_simulate_micrographs(
     tuple
         The simulation and the output folder.
     """
-    _check_output_dir(output_dir)
+    check_new_folder(output_dir)
     if fractions is not None and len(fractions) != len(map_paths):
         raise ParameterError(
             f"{len(map_paths)} map(s) but {len(fractions)} fraction(s): give one per map"

@@ -44,8 +44,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +59,7 @@ from cryospa.core.projection import centred_ft_to_images, make_projector, projec
 from cryospa.core.rotations import euler_to_matrix, matrix_to_euler, random_rotations
 from cryospa.core.symmetry import symmetrise_volume, symmetry_operators
 from cryospa.errors import InputFileError, ParameterError
+from cryospa.io import atomic_folder, check_new_folder
 from cryospa.io.mrc import format_image_name, read_mrc, write_mrc
 from cryospa.io.star import read_relion_star, split_optics, write_relion_star
 from cryospa.sim.physics import (
@@ -768,15 +767,6 @@ def simulate_particles(
 # --------------------------------------------------------------------------------------
 
 
-def _check_output_dir(output_dir: PathLike) -> Path:
-    target = Path(output_dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ParameterError(
-            f"output folder {target} exists and is not empty: choose another --o or remove it"
-        )
-    return target
-
-
 _README = """\
 Simulated particles (cryospa simulate --level particles)
 
@@ -814,10 +804,8 @@ def write_particle_simulation(sim: ParticleSimulation, output_dir: PathLike) -> 
     Path
         The output folder.
     """
-    target = _check_output_dir(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    target = Path(output_dir)
+    with atomic_folder(target) as tmp:
         (tmp / PARTICLES_DIR).mkdir(parents=True)
         (tmp / TRUTH_DIR).mkdir()
         apix = sim.maps.pixel_size_angstrom
@@ -867,12 +855,6 @@ def write_particle_simulation(sim: ParticleSimulation, output_dir: PathLike) -> 
             ),
             encoding="utf-8",
         )
-        if target.exists():
-            target.rmdir()  # empty, checked above
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -921,7 +903,7 @@ def run_simulate_particles(
     tuple
         The simulation and the output folder.
     """
-    _check_output_dir(output_dir)
+    check_new_folder(output_dir)
     if fractions is not None and len(fractions) != len(map_paths):
         raise ParameterError(
             f"{len(map_paths)} map(s) but {len(fractions)} fraction(s): give one per map"
