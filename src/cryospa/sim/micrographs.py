@@ -83,7 +83,7 @@ from cryospa.io import atomic_folder, check_new_folder
 from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import write_mrc
 from cryospa.io.star import split_optics, write_relion_star
-from cryospa.sim.particles import TrueMaps, prepare_maps, read_maps
+from cryospa.sim.particles import TrueMaps, load_maps_for_simulation
 from cryospa.sim.physics import (
     Microscope,
     detector_mtf_2d,
@@ -485,11 +485,6 @@ class MicrographSimulation:
     truth: pd.DataFrame
     maps: TrueMaps
     parameters: dict[str, Any]
-
-
-def _check_positive(what: str, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ParameterError(f"{what} must be > 0, got {value}")
 
 
 def _validate_micrograph_options(
@@ -1003,38 +998,28 @@ def run_simulate_micrographs(
         The simulation and the output folder.
     """
     check_new_folder(output_dir)
-    if fractions is not None and len(fractions) != len(map_paths):
-        raise ParameterError(
-            f"{len(map_paths)} map(s) but {len(fractions)} fraction(s): give one per map"
-        )
     dose = options.get("dose_e_per_a2", DEFAULT_DOSE_E_PER_A2)
     if not (dose > 0 and math.isfinite(dose)):
         raise ParameterError(f"dose must be > 0 e/Å² (the total exposure), got {dose}: set --dose")
-    volumes, sizes = read_maps(map_paths, map_pixel_size_angstrom=map_pixel_size_angstrom)
-    apix = (
-        DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM
-        if pixel_size_angstrom is None
-        else (pixel_size_angstrom)
-    )
-    _check_positive("pixel size (--angpix, Å)", apix)
-    if box_size is None:
-        box_size = round(volumes[0].shape[0] * sizes[0] / apix)
-        box_size += box_size % 2
-    h, w = options.get("micrograph_shape_px", (1024, 1024))
-    if box_size >= min(h, w):
-        raise ParameterError(
-            f"the box ({box_size} px) is not smaller than the micrograph ({w} x {h} px): "
-            "reduce --box or enlarge --mic_size"
-        )
-    maps = prepare_maps(
-        volumes,
-        sizes,
-        pixel_size_angstrom=apix,
+    maps = load_maps_for_simulation(
+        map_paths,
+        fractions=fractions,
+        map_pixel_size_angstrom=map_pixel_size_angstrom,
+        pixel_size_angstrom=(
+            DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM
+            if pixel_size_angstrom is None
+            else pixel_size_angstrom
+        ),
         box_size=box_size,
         symmetry=symmetry,
         contrast_potential_volt=contrast_potential_volt,
         particle_diameter_angstrom=particle_diameter_angstrom,
-        sources=[str(p) for p in map_paths],
     )
+    h, w = options.get("micrograph_shape_px", (1024, 1024))
+    if maps.box_size >= min(h, w):
+        raise ParameterError(
+            f"the box ({maps.box_size} px) is not smaller than the micrograph ({w} x {h} px): "
+            "reduce --box or enlarge --mic_size"
+        )
     sim = simulate_micrographs(maps, fractions, **options)
     return sim, write_micrograph_simulation(sim, output_dir)

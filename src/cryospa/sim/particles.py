@@ -79,6 +79,7 @@ from cryospa.sim.physics import (
 __all__ = [
     "ParticleSimulation",
     "TrueMaps",
+    "load_maps_for_simulation",
     "prepare_maps",
     "read_angles",
     "read_maps",
@@ -858,6 +859,44 @@ def write_particle_simulation(sim: ParticleSimulation, output_dir: PathLike) -> 
     return target
 
 
+def load_maps_for_simulation(
+    map_paths: Sequence[PathLike],
+    *,
+    fractions: Sequence[float] | None,
+    map_pixel_size_angstrom: float | None,
+    pixel_size_angstrom: float | None,
+    box_size: int | None,
+    symmetry: str,
+    contrast_potential_volt: float,
+    particle_diameter_angstrom: float | None,
+) -> TrueMaps:
+    """Read the maps of a simulation and prepare them at the output pixel size and box.
+
+    ``pixel_size_angstrom`` None: the first map's voxel size. ``box_size`` None: the first
+    map's extent at the output pixel size, made even. Shared by every simulation level.
+    """
+    if fractions is not None and len(fractions) != len(map_paths):
+        raise ParameterError(
+            f"{len(map_paths)} map(s) but {len(fractions)} fraction(s): give one per map"
+        )
+    volumes, sizes = read_maps(map_paths, map_pixel_size_angstrom=map_pixel_size_angstrom)
+    apix = sizes[0] if pixel_size_angstrom is None else pixel_size_angstrom
+    _check_positive("pixel size (--angpix, Å)", apix)
+    if box_size is None:
+        box_size = round(volumes[0].shape[0] * sizes[0] / apix)
+        box_size += box_size % 2
+    return prepare_maps(
+        volumes,
+        sizes,
+        pixel_size_angstrom=apix,
+        box_size=box_size,
+        symmetry=symmetry,
+        contrast_potential_volt=contrast_potential_volt,
+        particle_diameter_angstrom=particle_diameter_angstrom,
+        sources=[str(p) for p in map_paths],
+    )
+
+
 def run_simulate_particles(
     map_paths: Sequence[PathLike],
     output_dir: PathLike,
@@ -904,16 +943,6 @@ def run_simulate_particles(
         The simulation and the output folder.
     """
     check_new_folder(output_dir)
-    if fractions is not None and len(fractions) != len(map_paths):
-        raise ParameterError(
-            f"{len(map_paths)} map(s) but {len(fractions)} fraction(s): give one per map"
-        )
-    volumes, sizes = read_maps(map_paths, map_pixel_size_angstrom=map_pixel_size_angstrom)
-    apix = sizes[0] if pixel_size_angstrom is None else pixel_size_angstrom
-    _check_positive("pixel size (--angpix, Å)", apix)
-    if box_size is None:
-        box_size = round(volumes[0].shape[0] * sizes[0] / apix)
-        box_size += box_size % 2
     angles = origins = None
     if angles_star is not None:
         angles, origins = read_angles(angles_star)
@@ -924,15 +953,15 @@ def run_simulate_particles(
         n_particles = len(angles)
     if n_particles is None:
         raise ParameterError("give the number of particles (--n) or a STAR file of angles")
-    maps = prepare_maps(
-        volumes,
-        sizes,
-        pixel_size_angstrom=apix,
+    maps = load_maps_for_simulation(
+        map_paths,
+        fractions=fractions,
+        map_pixel_size_angstrom=map_pixel_size_angstrom,
+        pixel_size_angstrom=pixel_size_angstrom,
         box_size=box_size,
         symmetry=symmetry,
         contrast_potential_volt=contrast_potential_volt,
         particle_diameter_angstrom=particle_diameter_angstrom,
-        sources=[str(p) for p in map_paths],
     )
     sim = simulate_particles(
         maps,
