@@ -130,7 +130,7 @@ def test_read_gain_files(tmp_path: Path, suffix: str) -> None:
     if suffix == ".mrc":
         write_mrc(path, HAND, voxel_size_angstrom=1.0)
     else:
-        tifffile.imwrite(path, HAND)
+        tifffile.imwrite(path, HAND[::-1])  # TIFF rows are stored flipped (RELION convention)
     np.testing.assert_array_equal(read_gain(path), HAND)
     np.testing.assert_array_equal(read_gain(path, rotation=1, flip=1), [[6, 3], [5, 2], [4, 1]])
     with pytest.raises(ValueError, match="rotation"):

@@ -7,6 +7,12 @@ through a memory map.
 
 Gain references follow RELION 3.1: the gain is multiplicative (``corrected = raw * gain``)
 and ``--gain_rot`` / ``--gain_flip`` rotate first, then flip (see :func:`read_gain`).
+
+TIFF orientation: RELION (like MotionCor2 and IMOD) flips TIFF images along the slow axis when
+it reads or writes them (row ``r`` of the file is row ``h - 1 - r`` of the image), whatever the
+``TIFFTAG_ORIENTATION``. cryospa does the same for TIFF movies and TIFF gain references, so
+frame ``(row, column)`` indices, gain references made for RELION and coordinates on the motion
+corrected micrographs agree with RELION's (checked against ``relion_image_handler``).
 """
 
 from __future__ import annotations
@@ -153,7 +159,7 @@ class _TiffMovie(MovieReader):
                 f"frame {i} has shape {frame.shape}, frame 0 has {self.frame_shape}",
                 "all frames of a movie must have the same size",
             )
-        return np.asarray(frame, dtype=np.float32)
+        return np.asarray(frame[::-1], dtype=np.float32)  # RELION's slow-axis flip
 
     def close(self) -> None:
         if self._tif is not None:
@@ -257,7 +263,7 @@ def write_tiff_movie(
     with atomic_output(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
         for frame in arr:
             tw.write(
-                np.ascontiguousarray(frame),
+                np.ascontiguousarray(frame[::-1]),  # RELION's slow-axis flip
                 photometric="minisblack",
                 compression=compression,
                 contiguous=False,
@@ -368,7 +374,7 @@ def read_gain(path: PathLike, *, rotation: int = 0, flip: int = 0) -> np.ndarray
     if suffix in _TIFF_SUFFIXES:
         try:
             with tifffile.TiffFile(p) as tif:
-                gain = tif.pages.first.asarray()
+                gain = tif.pages.first.asarray()[::-1]  # RELION's slow-axis flip
         except Exception as err:
             raise InputFileError(p, f"cannot read TIFF gain reference: {err}") from err
     elif suffix in _MRC_SUFFIXES:
