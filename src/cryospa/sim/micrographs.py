@@ -95,13 +95,21 @@ __all__ = [
     "DEFAULT_DOSE_E_PER_A2",
     "DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM",
     "IceModel",
+    "MicrographLayout",
     "MicrographSimulation",
+    "ParticleFields",
+    "contrast_spectrum",
+    "draw_layout",
+    "ice_fields",
     "ice_phase_power_2d",
+    "layout_parameters",
     "micrograph_image",
+    "optics_columns",
     "place_particles",
     "run_simulate_micrographs",
     "simulate_micrographs",
     "smooth_random_field",
+    "truth_tables",
     "write_micrograph_simulation",
 ]
 
@@ -364,7 +372,7 @@ def _paste(field: torch.Tensor, images: torch.Tensor, corners_px: torch.Tensor) 
     field.view(-1).index_add_(0, flat.reshape(-1), images.reshape(-1).to(field.dtype))
 
 
-def micrograph_image(
+def contrast_spectrum(
     potential_volt_angstrom: torch.Tensor,
     thickness_angstrom: torch.Tensor,
     ice_white: torch.Tensor,
@@ -376,8 +384,11 @@ def micrograph_image(
     defocus_v_angstrom: float,
     astigmatism_angle_degrees: float,
     bfactor_angstrom2: float = 0.0,
-) -> torch.Tensor:
-    """Noiseless image (relative intensity, 1 = the incident beam) of a field of view.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fourier transform of the phase contrast of a field of view, and its transmission.
+
+    The image is ``T(r) [1 - 2 F^-1[S](r)]`` with ``S`` and ``T`` returned here (see the
+    module docstring); the movie simulator multiplies ``S`` by an exposure filter per frame.
 
     Parameters
     ----------
@@ -400,8 +411,9 @@ def micrograph_image(
 
     Returns
     -------
-    torch.Tensor
-        ``(H, W)`` intensity after the detector MTF, periodic over the field (crop a margin).
+    tuple
+        ``S``: ``(H, W // 2 + 1)`` complex spectrum (rfft layout, DC 0) of the CTF- and
+        envelope-filtered phase; ``T``: ``(H, W)`` transmission of the ice.
     """
     shape = (int(potential_volt_angstrom.shape[-2]), int(potential_volt_angstrom.shape[-1]))
     dev, dt = potential_volt_angstrom.device, potential_volt_angstrom.dtype
@@ -440,16 +452,425 @@ def micrograph_image(
     )
     ft = torch.fft.rfft2(phase)
     ft[0, 0] = 0  # a constant phase gives no contrast; the mean is set by the transmission
-    contrast = torch.fft.irfft2(ft * (ctf * env)[0], s=shape)
     transmission = torch.exp(-(t - t_mean) / ice.attenuation_length_angstrom)
-    intensity = transmission * (1.0 - 2.0 * contrast)
-    mtf = detector_mtf_2d(shape, device=dev, dtype=dt)
+    return ft * (ctf * env)[0], transmission
+
+
+def micrograph_image(
+    potential_volt_angstrom: torch.Tensor,
+    thickness_angstrom: torch.Tensor,
+    ice_white: torch.Tensor,
+    *,
+    pixel_size_angstrom: float,
+    microscope: Microscope,
+    ice: IceModel,
+    defocus_u_angstrom: float,
+    defocus_v_angstrom: float,
+    astigmatism_angle_degrees: float,
+    bfactor_angstrom2: float = 0.0,
+) -> torch.Tensor:
+    """Noiseless image (relative intensity, 1 = the incident beam) of a field of view.
+
+    Parameters are those of :func:`contrast_spectrum`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(H, W)`` intensity after the detector MTF, periodic over the field (crop a margin).
+    """
+    shape = (int(potential_volt_angstrom.shape[-2]), int(potential_volt_angstrom.shape[-1]))
+    spectrum, transmission = contrast_spectrum(
+        potential_volt_angstrom,
+        thickness_angstrom,
+        ice_white,
+        pixel_size_angstrom=pixel_size_angstrom,
+        microscope=microscope,
+        ice=ice,
+        defocus_u_angstrom=defocus_u_angstrom,
+        defocus_v_angstrom=defocus_v_angstrom,
+        astigmatism_angle_degrees=astigmatism_angle_degrees,
+        bfactor_angstrom2=bfactor_angstrom2,
+    )
+    intensity = transmission * (1.0 - 2.0 * torch.fft.irfft2(spectrum, s=shape))
+    mtf = detector_mtf_2d(shape, device=spectrum.device, dtype=transmission.dtype)
     return torch.fft.irfft2(torch.fft.rfft2(intensity) * mtf, s=shape)
 
 
 # --------------------------------------------------------------------------------------
-# A data set
+# A data set: layout (what is where), particle fields, ice, truth tables
 # --------------------------------------------------------------------------------------
+
+
+@dataclass
+class MicrographLayout:
+    """What the micrographs of a data set hold, drawn before any image is formed.
+
+    Attributes
+    ----------
+    shape_px
+        ``(h, w)`` micrograph size (pixels).
+    defocus_u_angstrom, defocus_v_angstrom, defocus_angle_degrees
+        ``(M,)`` CTF of each micrograph (RELION convention).
+    positions_px
+        ``(n, 2)`` particle centres ``(x, y)`` in micrograph pixels.
+    micrograph_index
+        ``(n,)`` 0-based micrograph of each particle.
+    classes
+        ``(n,)`` 1-based class (map) of each particle.
+    angles_degrees
+        ``(n, 3)`` RELION Euler angles (rot, tilt, psi).
+    subsets
+        ``(n,)`` random half-set (1 or 2).
+    fractions
+        Class fractions used.
+    min_distance_px
+        Smallest distance between particle centres (pixels).
+    """
+
+    shape_px: tuple[int, int]
+    defocus_u_angstrom: np.ndarray
+    defocus_v_angstrom: np.ndarray
+    defocus_angle_degrees: np.ndarray
+    positions_px: np.ndarray
+    micrograph_index: np.ndarray
+    classes: np.ndarray
+    angles_degrees: np.ndarray
+    subsets: np.ndarray
+    fractions: np.ndarray
+    min_distance_px: float
+
+    @property
+    def n_micrographs(self) -> int:
+        """Number of micrographs."""
+        return int(self.defocus_u_angstrom.shape[0])
+
+    @property
+    def n_particles(self) -> int:
+        """Number of particles over all micrographs."""
+        return int(self.positions_px.shape[0])
+
+
+def draw_layout(
+    maps: TrueMaps,
+    fractions: Sequence[float] | None,
+    *,
+    n_micrographs: int,
+    micrograph_shape_px: tuple[int, int],
+    particles_per_micrograph: int,
+    dose_e_per_a2: float,
+    min_distance_angstrom: float | None,
+    defocus_range_angstrom: tuple[float, float],
+    astigmatism_angstrom: float,
+    micrograph_defocus: np.ndarray | None,
+    bfactor_angstrom2: float,
+    rng: np.random.Generator,
+) -> MicrographLayout:
+    """Check the options and draw defocus, positions, classes, orientations and half-sets.
+
+    The draws come from ``rng`` in a fixed order; options are those of
+    :func:`simulate_micrographs`.
+
+    Returns
+    -------
+    MicrographLayout
+        The layout.
+    """
+    apix = maps.pixel_size_angstrom
+    b = maps.box_size
+    h, w = (int(v) for v in micrograph_shape_px)
+    diameter_px = 2.0 * maps.particle_radius_px
+    _validate_micrograph_options(
+        n_micrographs=n_micrographs,
+        micrograph_shape_px=(h, w),
+        particles_per_micrograph=particles_per_micrograph,
+        dose_e_per_a2=dose_e_per_a2,
+        defocus_range_angstrom=defocus_range_angstrom,
+        astigmatism_angstrom=astigmatism_angstrom,
+        bfactor_angstrom2=bfactor_angstrom2,
+        box_size=b,
+        particle_diameter_px=diameter_px,
+    )
+    if min_distance_angstrom is None:
+        min_distance_px = diameter_px
+    else:
+        if not (min_distance_angstrom >= 0 and math.isfinite(min_distance_angstrom)):
+            raise ParameterError(
+                f"minimum distance (--min_distance, Å) must be >= 0, got {min_distance_angstrom}"
+            )
+        min_distance_px = min_distance_angstrom / apix
+    n_classes = maps.n_classes
+    if fractions is None:
+        frac = np.full(n_classes, 1.0 / n_classes)
+    else:
+        frac = np.asarray(fractions, dtype=np.float64)
+        if frac.shape != (n_classes,) or np.any(frac <= 0) or abs(frac.sum() - 1) > 1e-3:
+            raise ParameterError(
+                f"class fractions must be one positive number per map ({n_classes}) summing to "
+                f"1, got {list(frac.ravel())}"
+            )
+        frac = frac / frac.sum()
+
+    m_count = int(n_micrographs)
+    per = int(particles_per_micrograph)
+    mean_df = rng.uniform(*defocus_range_angstrom, size=m_count)
+    astig = rng.uniform(0.0, astigmatism_angstrom, size=m_count)
+    astig_angle = rng.uniform(-90.0, 90.0, size=m_count)
+    mic_du, mic_dv = mean_df + astig / 2, mean_df - astig / 2
+    if micrograph_defocus is not None:
+        given = np.asarray(micrograph_defocus, dtype=np.float64)
+        if given.shape != (m_count, 3) or not np.all(np.isfinite(given)):
+            raise ParameterError(
+                f"micrograph defocus must be {m_count} rows of (dU, dV, angle), got shape "
+                f"{given.shape}"
+            )
+        if np.any(given[:, 1] <= 0) or np.any(given[:, 0] < given[:, 1]):
+            raise ParameterError("given defocus must satisfy dU >= dV > 0 (Å, underfocus)")
+        mic_du, mic_dv, astig_angle = given[:, 0].copy(), given[:, 1].copy(), given[:, 2].copy()
+    positions = np.concatenate(
+        [
+            place_particles(per, (h, w), min_distance_px=min_distance_px, edge_px=b / 2, rng=rng)
+            for _ in range(m_count)
+        ]
+    ).reshape(-1, 2)
+    n = m_count * per
+    mic = np.repeat(np.arange(m_count), per)
+    classes = rng.choice(n_classes, size=n, p=frac) + 1
+    torch_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    angles = (
+        matrix_to_euler(random_rotations(n, generator=torch_gen)).numpy() if n else np.zeros((0, 3))
+    )
+    subsets = rng.integers(1, 3, size=n)
+    return MicrographLayout(
+        shape_px=(h, w),
+        defocus_u_angstrom=mic_du,
+        defocus_v_angstrom=mic_dv,
+        defocus_angle_degrees=astig_angle,
+        positions_px=positions,
+        micrograph_index=mic,
+        classes=classes,
+        angles_degrees=angles,
+        subsets=subsets,
+        fractions=frac,
+        min_distance_px=min_distance_px,
+    )
+
+
+class ParticleFields:
+    """Projected potential of every particle of a micrograph, in a padded field of view.
+
+    The field is the micrograph plus ``margin`` pixels on every side: the largest CTF
+    delocalisation (``lambda dz_max k_Nyquist``) plus ``extra_margin_px`` (e.g. the largest
+    beam-induced motion of a movie), so nothing wraps around into the micrograph.
+
+    Parameters
+    ----------
+    maps
+        The maps (pixel size, box).
+    layout
+        Positions, classes and orientations.
+    microscope
+        Optics (for the delocalisation).
+    extra_margin_px
+        Pixels added to the margin.
+    batch_size
+        Particles projected at once.
+    device
+        Where to compute.
+    """
+
+    def __init__(
+        self,
+        maps: TrueMaps,
+        layout: MicrographLayout,
+        microscope: Microscope,
+        *,
+        extra_margin_px: int = 0,
+        batch_size: int = 256,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if batch_size < 1:
+            raise ParameterError(f"batch size must be >= 1, got {batch_size}")
+        self.maps = maps
+        self.layout = layout
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        apix = maps.pixel_size_angstrom
+        k_nyquist = 1.0 / (2.0 * apix)
+        dz_max = max(float(layout.defocus_u_angstrom.max()), 1.0)
+        reach_angstrom = microscope.wavelength_angstrom * dz_max * k_nyquist
+        self.margin = math.ceil(reach_angstrom / apix) + 8 + int(extra_margin_px)
+        h, w = layout.shape_px
+        hp, wp = h + 2 * self.margin, w + 2 * self.margin
+        self.padded_shape = (hp + hp % 2, wp + wp % 2)
+        self._projectors = [make_projector(v.to(self.device)) for v in maps.volumes]
+        self._rotations = euler_to_matrix(torch.from_numpy(layout.angles_degrees))
+        self._whole = np.floor(layout.positions_px).astype(np.int64)
+        self._frac = layout.positions_px - self._whole
+
+    def potential(self, m: int) -> torch.Tensor:
+        """``(H, W)`` float32 projected potential (V Å) of micrograph ``m``'s particles."""
+        b = self.maps.box_size
+        apix = self.maps.pixel_size_angstrom
+        dev, f32 = self.device, torch.float32
+        field = torch.zeros(self.padded_shape, dtype=f32, device=dev)
+        idx_m = np.flatnonzero(self.layout.micrograph_index == m)
+        classes = self.layout.classes
+        for lo in range(0, idx_m.size, self.batch_size):
+            idx = idx_m[lo : lo + self.batch_size]
+            ft = torch.empty((idx.size, b, b // 2 + 1), dtype=torch.complex64, device=dev)
+            for c, projector in enumerate(self._projectors):
+                sel = np.flatnonzero(classes[idx] == c + 1)
+                if sel.size:
+                    rots = self._rotations[idx[sel]].to(dev, f32)
+                    ft[torch.from_numpy(sel).to(dev)] = project(projector, rots)[0]
+            shift = phase_shift_2d((b, b), torch.from_numpy(self._frac[idx]).to(dev, f32))
+            images = centred_ft_to_images(ft * shift, b) * apix  # (nb, b, b) V Å
+            corners = torch.from_numpy(self._whole[idx] + self.margin - b // 2).to(dev)
+            _paste(field, images, corners)
+        return field
+
+    def crop(self, field: torch.Tensor) -> torch.Tensor:
+        """The micrograph part of a padded field."""
+        h, w = self.layout.shape_px
+        g = self.margin
+        return field[..., g : g + h, g : g + w]
+
+
+def ice_fields(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    pixel_size_angstrom: float,
+    ice: IceModel,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw an ice thickness field (Å) and the white noise of the amorphous-ice structure."""
+    dev = torch.device(device)
+    white_t = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(dev)
+    white_ice = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(dev)
+    g = smooth_random_field(
+        white_t, pixel_size_angstrom, length_angstrom=ice.thickness_length_angstrom
+    )
+    thickness = (ice.thickness_angstrom * (1.0 + ice.thickness_variation * g)).clamp(min=0)
+    return thickness, white_ice
+
+
+def optics_columns(maps: TrueMaps, microscope: Microscope) -> dict[str, Any]:
+    """The micrograph optics-group columns of a simulated data set (one group)."""
+    apix = maps.pixel_size_angstrom
+    return {
+        "rlnOpticsGroup": 1,
+        "rlnOpticsGroupName": "opticsGroup1",
+        "rlnMicrographOriginalPixelSize": apix,
+        "rlnVoltage": microscope.voltage_kv,
+        "rlnSphericalAberration": microscope.cs_mm,
+        "rlnAmplitudeContrast": microscope.amplitude_contrast,
+        "rlnMicrographPixelSize": apix,
+    }
+
+
+def truth_tables(
+    layout: MicrographLayout,
+    maps: TrueMaps,
+    microscope: Microscope,
+    micrograph_names: Sequence[str],
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``micrographs.star``, the true CTF table and the true particles, joined with optics.
+
+    Returns
+    -------
+    tuple
+        ``(micrographs_table, ctf_table, truth)``; see :class:`MicrographSimulation`.
+    """
+    apix = maps.pixel_size_angstrom
+    names = list(micrograph_names)
+    mic = layout.micrograph_index
+    du, dv, angle = (
+        layout.defocus_u_angstrom,
+        layout.defocus_v_angstrom,
+        layout.defocus_angle_degrees,
+    )
+    mic_optics = optics_columns(maps, microscope)
+    micrographs_table = pd.DataFrame({"rlnMicrographName": names, **mic_optics})
+    ctf_table = pd.DataFrame(
+        {
+            "rlnMicrographName": names,
+            "rlnDefocusU": du,
+            "rlnDefocusV": dv,
+            "rlnCtfAstigmatism": du - dv,
+            "rlnDefocusAngle": angle,
+            **mic_optics,
+        }
+    )
+    positions = layout.positions_px
+    origins = -(positions - np.floor(positions)) * apix  # extraction at floor(coordinate)
+    optics = {k: v for k, v in mic_optics.items() if k != "rlnMicrographPixelSize"}
+    truth = pd.DataFrame(
+        {
+            "rlnMicrographName": [names[m] for m in mic],
+            "rlnCoordinateX": positions[:, 0],
+            "rlnCoordinateY": positions[:, 1],
+            "rlnAngleRot": layout.angles_degrees[:, 0],
+            "rlnAngleTilt": layout.angles_degrees[:, 1],
+            "rlnAnglePsi": layout.angles_degrees[:, 2],
+            "rlnOriginXAngst": origins[:, 0],
+            "rlnOriginYAngst": origins[:, 1],
+            "rlnDefocusU": du[mic],
+            "rlnDefocusV": dv[mic],
+            "rlnDefocusAngle": angle[mic],
+            "rlnClassNumber": layout.classes,
+            "rlnRandomSubset": layout.subsets,
+            **optics,
+            "rlnImagePixelSize": apix,
+            "rlnImageSize": maps.box_size,
+            "rlnImageDimensionality": 2,
+        }
+    )
+    return micrographs_table, ctf_table, truth
+
+
+def layout_parameters(
+    layout: MicrographLayout,
+    maps: TrueMaps,
+    microscope: Microscope,
+    ice: IceModel,
+    *,
+    seed: int,
+    dose_e_per_a2: float,
+    defocus_range_angstrom: tuple[float, float],
+    astigmatism_angstrom: float,
+    bfactor_angstrom2: float,
+) -> dict[str, Any]:
+    """The record (``simulation.json``) of what both image levels share."""
+    apix = maps.pixel_size_angstrom
+    h, w = layout.shape_px
+    return {
+        "seed": seed,
+        "n_micrographs": layout.n_micrographs,
+        "micrograph_size_px": [w, h],
+        "particles_per_micrograph": layout.n_particles // max(layout.n_micrographs, 1),
+        "n_particles": layout.n_particles,
+        "pixel_size_angstrom": apix,
+        "box_size_px": maps.box_size,
+        "maps": maps.sources,
+        "class_fractions": [float(x) for x in layout.fractions],
+        "symmetry": maps.symmetry,
+        "map_magnification_error": maps.magnification_error,
+        "map_volts_per_unit": maps.volts_per_unit,
+        "particle_diameter_angstrom": 2.0 * maps.particle_radius_px * apix,
+        "min_distance_angstrom": layout.min_distance_px * apix,
+        "dose_e_per_a2": dose_e_per_a2,
+        "mean_counts_per_pixel": dose_e_per_a2 * apix * apix,
+        "interaction_constant_rad_per_volt_angstrom": interaction_constant_rad_per_volt_angstrom(
+            microscope.voltage_kv
+        ),
+        "microscope": vars(microscope),
+        "ice": asdict(ice),
+        "defocus_range_angstrom": list(defocus_range_angstrom),
+        "astigmatism_angstrom": astigmatism_angstrom,
+        "bfactor_angstrom2": bfactor_angstrom2,
+        "orientations": "random uniform",
+        "origins": "-(coordinate - floor(coordinate)) * pixel size, for RELION's extraction",
+    }
 
 
 @dataclass
@@ -609,113 +1030,31 @@ def simulate_micrographs(
     microscope = microscope or Microscope()
     ice = ice or IceModel()
     apix = maps.pixel_size_angstrom
-    b = maps.box_size
-    h, w = (int(v) for v in micrograph_shape_px)
-    diameter_px = 2.0 * maps.particle_radius_px
-    _validate_micrograph_options(
+    rng = np.random.default_rng(seed)  # every random draw, in a fixed order
+    layout = draw_layout(
+        maps,
+        fractions,
         n_micrographs=n_micrographs,
-        micrograph_shape_px=(h, w),
+        micrograph_shape_px=micrograph_shape_px,
         particles_per_micrograph=particles_per_micrograph,
         dose_e_per_a2=dose_e_per_a2,
+        min_distance_angstrom=min_distance_angstrom,
         defocus_range_angstrom=defocus_range_angstrom,
         astigmatism_angstrom=astigmatism_angstrom,
+        micrograph_defocus=micrograph_defocus,
         bfactor_angstrom2=bfactor_angstrom2,
-        box_size=b,
-        particle_diameter_px=diameter_px,
+        rng=rng,
     )
-    if min_distance_angstrom is None:
-        min_distance_px = diameter_px
-    else:
-        if not (min_distance_angstrom >= 0 and math.isfinite(min_distance_angstrom)):
-            raise ParameterError(
-                f"minimum distance (--min_distance, Å) must be >= 0, got {min_distance_angstrom}"
-            )
-        min_distance_px = min_distance_angstrom / apix
-    n_classes = maps.n_classes
-    if fractions is None:
-        frac = np.full(n_classes, 1.0 / n_classes)
-    else:
-        frac = np.asarray(fractions, dtype=np.float64)
-        if frac.shape != (n_classes,) or np.any(frac <= 0) or abs(frac.sum() - 1) > 1e-3:
-            raise ParameterError(
-                f"class fractions must be one positive number per map ({n_classes}) summing to "
-                f"1, got {list(frac.ravel())}"
-            )
-        frac = frac / frac.sum()
-    if batch_size < 1:
-        raise ParameterError(f"batch size must be >= 1, got {batch_size}")
-
-    # --- metadata: every random draw from one seeded generator, in a fixed order
-    rng = np.random.default_rng(seed)
-    m_count = int(n_micrographs)
-    per = int(particles_per_micrograph)
-    mean_df = rng.uniform(*defocus_range_angstrom, size=m_count)
-    astig = rng.uniform(0.0, astigmatism_angstrom, size=m_count)
-    astig_angle = rng.uniform(-90.0, 90.0, size=m_count)
-    mic_du, mic_dv = mean_df + astig / 2, mean_df - astig / 2
-    if micrograph_defocus is not None:
-        given = np.asarray(micrograph_defocus, dtype=np.float64)
-        if given.shape != (m_count, 3) or not np.all(np.isfinite(given)):
-            raise ParameterError(
-                f"micrograph defocus must be {m_count} rows of (dU, dV, angle), got shape "
-                f"{given.shape}"
-            )
-        if np.any(given[:, 1] <= 0) or np.any(given[:, 0] < given[:, 1]):
-            raise ParameterError("given defocus must satisfy dU >= dV > 0 (Å, underfocus)")
-        mic_du, mic_dv, astig_angle = given[:, 0].copy(), given[:, 1].copy(), given[:, 2].copy()
-    positions = np.concatenate(
-        [
-            place_particles(per, (h, w), min_distance_px=min_distance_px, edge_px=b / 2, rng=rng)
-            for _ in range(m_count)
-        ]
-    ).reshape(-1, 2)
-    n = m_count * per
-    mic = np.repeat(np.arange(m_count), per)
-    classes = rng.choice(n_classes, size=n, p=frac) + 1
-    torch_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    angles = (
-        matrix_to_euler(random_rotations(n, generator=torch_gen)).numpy() if n else np.zeros((0, 3))
-    )
-    rotations = euler_to_matrix(torch.from_numpy(angles))  # (n, 3, 3) float64, as written
-    subsets = rng.integers(1, 3, size=n)
-
-    # --- image formation, one micrograph at a time
-    dev = torch.device(device)
-    f32 = torch.float32
-    lam = microscope.wavelength_angstrom
-    k_nyquist = 1.0 / (2.0 * apix)
-    reach_angstrom = lam * (max(mic_du.max(), 1.0)) * k_nyquist
-    margin = math.ceil(reach_angstrom / apix) + 8
-    hp, wp = h + 2 * margin, w + 2 * margin
-    hp += hp % 2
-    wp += wp % 2
-    projectors = [make_projector(maps.volumes[c].to(dev)) for c in range(n_classes)]
-    whole = np.floor(positions).astype(np.int64)
-    frac_px = positions - whole
+    fields = ParticleFields(maps, layout, microscope, batch_size=batch_size, device=device)
+    m_count = layout.n_micrographs
+    h, w = layout.shape_px
     micrographs = np.empty((m_count, h, w), dtype=np.float32)
     expected = np.empty((m_count, h, w), dtype=np.float32)
     thickness_out = np.empty((m_count, h, w), dtype=np.float32)
     clipped = 0
-    mean_thickness = np.zeros(m_count)
     for m in range(m_count):
-        field = torch.zeros((hp, wp), dtype=f32, device=dev)
-        idx_m = np.flatnonzero(mic == m)
-        for lo in range(0, idx_m.size, batch_size):
-            idx = idx_m[lo : lo + batch_size]
-            ft = torch.empty((idx.size, b, b // 2 + 1), dtype=torch.complex64, device=dev)
-            for c in range(n_classes):
-                sel = np.flatnonzero(classes[idx] == c + 1)
-                if sel.size:
-                    rots = rotations[idx[sel]].to(dev, f32)
-                    ft[torch.from_numpy(sel).to(dev)] = project(projectors[c], rots)[0]
-            shift = phase_shift_2d((b, b), torch.from_numpy(frac_px[idx]).to(dev, f32))
-            images = centred_ft_to_images(ft * shift, b) * apix  # (nb, b, b) V Å
-            corners = torch.from_numpy(whole[idx] + margin - b // 2).to(dev)
-            _paste(field, images, corners)
-        white_t = torch.from_numpy(rng.standard_normal((hp, wp), dtype=np.float32)).to(dev)
-        white_ice = torch.from_numpy(rng.standard_normal((hp, wp), dtype=np.float32)).to(dev)
-        g = smooth_random_field(white_t, apix, length_angstrom=ice.thickness_length_angstrom)
-        thickness = (ice.thickness_angstrom * (1.0 + ice.thickness_variation * g)).clamp(min=0)
+        field = fields.potential(m)
+        thickness, white_ice = ice_fields(rng, fields.padded_shape, apix, ice, fields.device)
         intensity = micrograph_image(
             field,
             thickness,
@@ -723,100 +1062,37 @@ def simulate_micrographs(
             pixel_size_angstrom=apix,
             microscope=microscope,
             ice=ice,
-            defocus_u_angstrom=float(mic_du[m]),
-            defocus_v_angstrom=float(mic_dv[m]),
-            astigmatism_angle_degrees=float(astig_angle[m]),
+            defocus_u_angstrom=float(layout.defocus_u_angstrom[m]),
+            defocus_v_angstrom=float(layout.defocus_v_angstrom[m]),
+            astigmatism_angle_degrees=float(layout.defocus_angle_degrees[m]),
             bfactor_angstrom2=bfactor_angstrom2,
         )
-        crop = intensity[margin : margin + h, margin : margin + w].to(torch.float64)
+        crop = fields.crop(intensity).to(torch.float64)
         lam_counts = crop / crop.mean() * (dose_e_per_a2 * apix * apix)
         clipped += int((lam_counts < 0).sum())
         lam_np = lam_counts.clamp(min=0).cpu().numpy()
         expected[m] = lam_np
         micrographs[m] = rng.poisson(lam_np)
-        thickness_out[m] = thickness[margin : margin + h, margin : margin + w].cpu().numpy()
-        mean_thickness[m] = float(thickness_out[m].mean())
+        thickness_out[m] = fields.crop(thickness).cpu().numpy()
 
-    # --- tables
     names = [f"{MICROGRAPHS_DIR}/mic{m + 1:03d}.mrc" for m in range(m_count)]
-    mic_optics = {
-        "rlnOpticsGroup": 1,
-        "rlnOpticsGroupName": "opticsGroup1",
-        "rlnMicrographOriginalPixelSize": apix,
-        "rlnVoltage": microscope.voltage_kv,
-        "rlnSphericalAberration": microscope.cs_mm,
-        "rlnAmplitudeContrast": microscope.amplitude_contrast,
-        "rlnMicrographPixelSize": apix,
-    }
-    micrographs_table = pd.DataFrame({"rlnMicrographName": names, **mic_optics})
-    ctf_table = pd.DataFrame(
-        {
-            "rlnMicrographName": names,
-            "rlnDefocusU": mic_du,
-            "rlnDefocusV": mic_dv,
-            "rlnCtfAstigmatism": mic_du - mic_dv,
-            "rlnDefocusAngle": astig_angle,
-            **mic_optics,
-        }
-    )
-    origins = -frac_px * apix  # extraction at floor(coordinate): see the module docstring
-    truth = pd.DataFrame(
-        {
-            "rlnMicrographName": [names[m] for m in mic],
-            "rlnCoordinateX": positions[:, 0],
-            "rlnCoordinateY": positions[:, 1],
-            "rlnAngleRot": angles[:, 0],
-            "rlnAngleTilt": angles[:, 1],
-            "rlnAnglePsi": angles[:, 2],
-            "rlnOriginXAngst": origins[:, 0],
-            "rlnOriginYAngst": origins[:, 1],
-            "rlnDefocusU": mic_du[mic],
-            "rlnDefocusV": mic_dv[mic],
-            "rlnDefocusAngle": astig_angle[mic],
-            "rlnClassNumber": classes,
-            "rlnRandomSubset": subsets,
-            "rlnOpticsGroup": 1,
-            "rlnOpticsGroupName": "opticsGroup1",
-            "rlnMicrographOriginalPixelSize": apix,
-            "rlnVoltage": microscope.voltage_kv,
-            "rlnSphericalAberration": microscope.cs_mm,
-            "rlnAmplitudeContrast": microscope.amplitude_contrast,
-            "rlnImagePixelSize": apix,
-            "rlnImageSize": b,
-            "rlnImageDimensionality": 2,
-        }
-    )
+    micrographs_table, ctf_table, truth = truth_tables(layout, maps, microscope, names)
     parameters: dict[str, Any] = {
         "level": "micrographs",
-        "seed": seed,
-        "n_micrographs": m_count,
-        "micrograph_size_px": [w, h],
-        "particles_per_micrograph": per,
-        "n_particles": n,
-        "pixel_size_angstrom": apix,
-        "box_size_px": b,
-        "maps": maps.sources,
-        "class_fractions": [float(x) for x in frac],
-        "symmetry": maps.symmetry,
-        "map_magnification_error": maps.magnification_error,
-        "map_volts_per_unit": maps.volts_per_unit,
-        "particle_diameter_angstrom": diameter_px * apix,
-        "min_distance_angstrom": min_distance_px * apix,
-        "dose_e_per_a2": dose_e_per_a2,
-        "mean_counts_per_pixel": dose_e_per_a2 * apix * apix,
-        "negative_expectations_clipped": clipped,
-        "interaction_constant_rad_per_volt_angstrom": interaction_constant_rad_per_volt_angstrom(
-            microscope.voltage_kv
+        **layout_parameters(
+            layout,
+            maps,
+            microscope,
+            ice,
+            seed=seed,
+            dose_e_per_a2=dose_e_per_a2,
+            defocus_range_angstrom=defocus_range_angstrom,
+            astigmatism_angstrom=astigmatism_angstrom,
+            bfactor_angstrom2=bfactor_angstrom2,
         ),
-        "microscope": vars(microscope),
-        "ice": asdict(ice),
-        "mean_ice_thickness_angstrom": [float(x) for x in mean_thickness],
-        "defocus_range_angstrom": list(defocus_range_angstrom),
-        "astigmatism_angstrom": astigmatism_angstrom,
-        "bfactor_angstrom2": bfactor_angstrom2,
-        "simulation_margin_px": margin,
-        "orientations": "random uniform",
-        "origins": "-(coordinate - floor(coordinate)) * pixel size, for RELION's extraction",
+        "negative_expectations_clipped": clipped,
+        "mean_ice_thickness_angstrom": [float(t.mean()) for t in thickness_out],
+        "simulation_margin_px": fields.margin,
     }
     return MicrographSimulation(
         micrographs=micrographs,
