@@ -610,3 +610,68 @@ def test_cli_micrographs_and_help(tmp_path: Path) -> None:
     assert params["ice"]["thickness_angstrom"] == 200 and params["symmetry"] == "C2"
     # particle-level options are refused at the micrographs level
     assert cli([*args[:-6], "--n", "5", "--o", str(tmp_path / "x")]) == 2
+
+
+# ----------------------------------------------------------------------------- SNR
+
+
+def test_particle_snr_at_the_tutorial_dose_is_realistic(shared_data: Path) -> None:
+    # SNR of a particle in a micrograph at the tutorial's total dose: variance of the particle's
+    # noiseless signal (counts) in its disc / variance of the noise there (Poisson counts plus
+    # the amorphous-ice structure). Real particle images have 0.01 to 0.1.
+    from cryospa.sim.micrographs import ParticleFields, draw_layout, ice_fields, micrograph_image
+    from cryospa.sim.particles import load_maps_for_simulation
+    from cryospa.sim.physics import Microscope
+
+    maps = load_maps_for_simulation(
+        [shared_data / "maps/betagal_relion1x_test/ref_model.mrc"],
+        fractions=None,
+        map_pixel_size_angstrom=None,
+        pixel_size_angstrom=APIX,
+        box_size=128,
+        symmetry="D2",
+        contrast_potential_volt=2.0,
+        particle_diameter_angstrom=None,
+    )
+    rng = np.random.default_rng(0)
+    microscope, ice, dose = Microscope(), IceModel(), 30.65
+    layout = draw_layout(
+        maps,
+        None,
+        n_micrographs=3,
+        micrograph_shape_px=(512, 512),
+        particles_per_micrograph=6,
+        dose_e_per_a2=dose,
+        min_distance_angstrom=None,
+        defocus_range_angstrom=(8000.0, 25000.0),
+        astigmatism_angstrom=500.0,
+        micrograph_defocus=None,
+        bfactor_angstrom2=50.0,
+        rng=rng,
+    )
+    fields = ParticleFields(maps, layout, microscope)
+    yy, xx = np.mgrid[0:512, 0:512]
+    snrs = []
+    for m in range(3):
+        potential = fields.potential(m)
+        thickness, white = ice_fields(rng, fields.padded_shape, APIX, ice)
+        kw = dict(
+            pixel_size_angstrom=APIX,
+            microscope=microscope,
+            ice=ice,
+            defocus_u_angstrom=float(layout.defocus_u_angstrom[m]),
+            defocus_v_angstrom=float(layout.defocus_v_angstrom[m]),
+            astigmatism_angle_degrees=float(layout.defocus_angle_degrees[m]),
+            bfactor_angstrom2=50.0,
+        )
+        with_particles = fields.crop(micrograph_image(potential, thickness, white, **kw)).double()
+        ice_only = micrograph_image(torch.zeros_like(potential), thickness, white, **kw)
+        ice_only = fields.crop(ice_only).double()
+        scale = dose * APIX**2 / float(ice_only.mean())
+        signal = ((with_particles - ice_only) * scale).numpy()
+        background = (ice_only * scale).numpy()
+        noise = background.mean() + np.var(background - gaussian_filter(background, 20))
+        for x, y in layout.positions_px[layout.micrograph_index == m]:
+            disc = (xx - x) ** 2 + (yy - y) ** 2 < maps.particle_radius_px**2
+            snrs.append(np.var(signal[disc]) / noise)
+    assert 0.01 <= float(np.mean(snrs)) <= 0.1

@@ -1,4 +1,4 @@
-r"""Simulate cryo-EM data with ground truth (levels: particles, micrographs).
+r"""Simulate cryo-EM data with ground truth (levels: particles, micrographs, movies).
 
 --level particles: extracted particle images straight from one or more maps (one per class):
 random uniform orientations (or those of --angles), sub-pixel origins, per-micrograph defocus
@@ -20,6 +20,13 @@ relative sd of --ice_variation, modulating the ice's phase, the counted fraction
 the amorphous-ice structure), per-micrograph defocus, astigmatism and angle, CTF with coherence
 and B-factor envelopes, detector MTF, Poisson counts at --dose e/Å² on average.
 
+--level movies: raw movies as a counting detector writes them, of the same fields of view as
+the micrographs level: --n_frames frames of --dose_per_frame e/Å² each (Poisson counts),
+exposure-dependent radiation damage (Grant & Grigorieff 2015), beam-induced motion (a global
+drift of about --drift Å, fast in the first frames, plus a smooth local deformation of up to
+--local_motion Å in RELION's polynomial form), a per-pixel gain (gain.mrc, RELION convention:
+corrected = raw x gain), hot pixels and dead columns (defects.txt); TIFF (zlib) or MRC.
+
 Output folder (--o, created; must not exist or be empty; nothing is left on error):
   particles level:
     particles.star, Particles/micNNN.mrcs    as freshly extracted particles (no angles)
@@ -32,7 +39,13 @@ Output folder (--o, created; must not exist or be empty; nothing is left on erro
                                              ground_truth/coords/ --coord_suffix _true.star)
     ground_truth/particles_true.star         coordinates, true angles, origins for extraction
                                              at the coordinates, defocus, class
-  both:
+  movies level:
+    movies.star, Movies/movNNN.tiff          raw movies as RELION's import lists them
+    gain.mrc, defects.txt                    gain reference and detector defects
+    ground_truth/motion/movNNN.star          true motion in RELION's motion STAR form
+    ground_truth/micrographs_ctf.star, ground_truth/coords/Movies/movNNN_true.star,
+    ground_truth/particles_true.star         as the micrographs level (Movies/movNNN.mrc)
+  all levels:
     ground_truth/map_classNNN.mrc            the maps projected (V), at --angpix and --box
     ground_truth/simulation.json, README.txt every parameter and the seed
 
@@ -41,6 +54,8 @@ For example:
       --snr 0.05 --sym D2 --o sim
   cryospa simulate --level micrographs --map map.mrc --sym D2 --n_micrographs 12 \
       --mic_size 1024 --particles_per_micrograph 40 --dose 30.65 --o mics
+  cryospa simulate --level movies --map map.mrc --sym D2 --n_micrographs 12 \
+      --n_frames 24 --dose_per_frame 1.277 --o movies
 """
 
 from __future__ import annotations
@@ -48,14 +63,22 @@ from __future__ import annotations
 import argparse
 
 import torch
+from tqdm import tqdm
 
-from cryospa.cli._common import add_compute_args, compute_from_args
+from cryospa.cli._common import add_compute_args, compute_from_args, show_progress
 from cryospa.errors import ParameterError
 from cryospa.sim.micrographs import (
     DEFAULT_DOSE_E_PER_A2,
     DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM,
     IceModel,
     run_simulate_micrographs,
+)
+from cryospa.sim.movies import (
+    DEFAULT_DOSE_PER_FRAME,
+    DEFAULT_N_FRAMES,
+    DetectorModel,
+    MotionModel,
+    run_simulate_movies,
 )
 from cryospa.sim.particles import run_simulate_particles
 from cryospa.sim.physics import Microscope
@@ -65,10 +88,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options."""
     parser.add_argument(
         "--level",
-        choices=["particles", "micrographs"],
+        choices=["particles", "micrographs", "movies"],
         default="particles",
         help="what to simulate: particles = extracted particle stacks, micrographs = summed "
-        "micrographs with ground-truth coordinates (default: particles)",
+        "micrographs with ground-truth coordinates, movies = raw movies with gain, defects and "
+        "true motion (default: particles)",
     )
     parser.add_argument("--o", required=True, metavar="DIR", help="output folder (new or empty)")
     parser.add_argument(
@@ -241,6 +265,71 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         f"exp(-thickness / length) (default: {ice.attenuation_length_angstrom:g}, energy "
         "filtered)",
     )
+    motion, detector = MotionModel(), DetectorModel()
+    g = parser.add_argument_group("movies (movies level)")
+    g.add_argument(
+        "--n_frames",
+        type=int,
+        default=DEFAULT_N_FRAMES,
+        help=f"frames per movie (default: {DEFAULT_N_FRAMES})",
+    )
+    g.add_argument(
+        "--dose_per_frame",
+        type=float,
+        default=DEFAULT_DOSE_PER_FRAME,
+        metavar="e/Å²",
+        help=f"exposure per frame in e/Å² (default: {DEFAULT_DOSE_PER_FRAME:g}, the tutorial's)",
+    )
+    g.add_argument(
+        "--pre_exposure",
+        type=float,
+        default=0.0,
+        metavar="e/Å²",
+        help="exposure before the first frame in e/Å² (default: 0)",
+    )
+    g.add_argument(
+        "--drift",
+        type=float,
+        default=motion.drift_angstrom,
+        metavar="Å",
+        help="typical total global drift over a movie in Å; each movie draws 0.5 to 1.5 times "
+        f"it, {round(100 * motion.early_fraction)} %% of it in the first frames "
+        f"(default: {motion.drift_angstrom:g})",
+    )
+    g.add_argument(
+        "--local_motion",
+        type=float,
+        default=motion.local_angstrom,
+        metavar="Å",
+        help="largest local deformation over the field at the last frame in Å; 0 = none "
+        f"(default: {motion.local_angstrom:g})",
+    )
+    g.add_argument(
+        "--gain_sd",
+        type=float,
+        default=detector.gain_sd,
+        metavar="FRACTION",
+        help=f"pixel-to-pixel gain variation, relative sd (default: {detector.gain_sd:g})",
+    )
+    g.add_argument(
+        "--hot_pixels",
+        type=int,
+        default=detector.n_hot_pixels,
+        help=f"number of hot pixels (default: {detector.n_hot_pixels})",
+    )
+    g.add_argument(
+        "--dead_columns",
+        type=int,
+        default=detector.n_dead_columns,
+        help=f"number of dead detector columns (default: {detector.n_dead_columns})",
+    )
+    g.add_argument(
+        "--movie_format",
+        choices=["tiff", "mrc"],
+        default="tiff",
+        help="tiff = zlib-compressed TIFF as detectors write; mrc = 16-bit MRC stacks "
+        "(default: tiff)",
+    )
     defaults = Microscope()
     g = parser.add_argument_group("microscope and CTF")
     g.add_argument(
@@ -290,9 +379,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--bfactor",
         type=float,
-        default=50.0,
+        default=None,
         metavar="Å²",
-        help="B-factor envelope in Å² for radiation damage and blur (default: 50)",
+        help="B-factor envelope in Å² for blur (and, except at the movies level, radiation "
+        "damage, which movies model frame by frame) (default: 50; 20 for movies)",
     )
     g.add_argument(
         "--illumination_angle",
@@ -333,6 +423,9 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.level == "micrographs":
         return _main_micrographs(args, microscope, device)
+    if args.level == "movies":
+        return _main_movies(args, microscope, device)
+    bfactor = 50.0 if args.bfactor is None else args.bfactor
     sim, out = run_simulate_particles(
         args.map,
         args.o,
@@ -350,7 +443,7 @@ def main(args: argparse.Namespace) -> int:
         defocus_range_angstrom=tuple(args.defocus),
         astigmatism_angstrom=args.astigmatism,
         defocus_jitter_angstrom=args.defocus_jitter,
-        bfactor_angstrom2=args.bfactor,
+        bfactor_angstrom2=bfactor,
         max_origin_angstrom=args.max_origin,
         n_micrographs=args.n_micrographs,
         invert_contrast=not args.no_invert,
@@ -367,25 +460,79 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _main_micrographs(
-    args: argparse.Namespace, microscope: Microscope, device: torch.device
-) -> int:
-    """``--level micrographs``."""
+def _field_options(args: argparse.Namespace) -> tuple[int, int, IceModel]:
+    """Micrograph size and ice of the micrographs and movies levels."""
     if args.n is not None or args.angles is not None:
         raise ParameterError(
-            "--n and --angles are for --level particles; at the micrographs level give "
+            f"--n and --angles are for --level particles; at the {args.level} level give "
             "--n_micrographs and --particles_per_micrograph"
         )
     if len(args.mic_size) not in (1, 2):
         raise ParameterError(f"--mic_size takes WIDTH [HEIGHT] in pixels, got {args.mic_size}")
-    width = args.mic_size[0]
-    height = args.mic_size[-1]
     ice = IceModel(
         thickness_angstrom=args.ice_thickness,
         thickness_variation=args.ice_variation,
         thickness_length_angstrom=args.ice_length,
         attenuation_length_angstrom=args.ice_attenuation,
     )
+    return args.mic_size[0], args.mic_size[-1], ice
+
+
+def _main_movies(args: argparse.Namespace, microscope: Microscope, device: torch.device) -> int:
+    """``--level movies``."""
+    width, height, ice = _field_options(args)
+    n_movies = 12 if args.n_micrographs is None else args.n_micrographs
+    with tqdm(
+        total=n_movies, desc="simulate movies", unit="movie", disable=not show_progress()
+    ) as bar:
+        sim, out = run_simulate_movies(
+            args.map,
+            args.o,
+            fractions=args.fractions,
+            map_pixel_size_angstrom=args.map_angpix,
+            pixel_size_angstrom=args.angpix,
+            box_size=args.box,
+            symmetry=args.sym,
+            contrast_potential_volt=args.contrast_potential,
+            particle_diameter_angstrom=args.particle_diameter,
+            file_format=args.movie_format,
+            progress=bar.update,
+            n_movies=n_movies,
+            movie_shape_px=(height, width),
+            n_frames=args.n_frames,
+            dose_per_frame=args.dose_per_frame,
+            pre_exposure=args.pre_exposure,
+            particles_per_micrograph=args.particles_per_micrograph,
+            min_distance_angstrom=args.min_distance,
+            defocus_range_angstrom=tuple(args.defocus),
+            astigmatism_angstrom=args.astigmatism,
+            bfactor_angstrom2=20.0 if args.bfactor is None else args.bfactor,
+            microscope=microscope,
+            ice=ice,
+            motion=MotionModel(drift_angstrom=args.drift, local_angstrom=args.local_motion),
+            detector=DetectorModel(
+                gain_sd=args.gain_sd,
+                n_hot_pixels=args.hot_pixels,
+                n_dead_columns=args.dead_columns,
+            ),
+            seed=args.seed,
+            batch_size=args.batch,
+            device=device,
+        )
+    p = sim.parameters()
+    print(
+        f"wrote {p['n_micrographs']} movies ({width} x {height} px x {p['n_frames']} frames, "
+        f"{p['pixel_size_angstrom']:g} Å/px, {p['dose_per_frame_e_per_a2']:g} e/Å² per frame, "
+        f"{p['n_particles']} particles) -> {out}"
+    )
+    return 0
+
+
+def _main_micrographs(
+    args: argparse.Namespace, microscope: Microscope, device: torch.device
+) -> int:
+    """``--level micrographs``."""
+    width, height, ice = _field_options(args)
     sim, out = run_simulate_micrographs(
         args.map,
         args.o,
@@ -405,7 +552,7 @@ def _main_micrographs(
         ice=ice,
         defocus_range_angstrom=tuple(args.defocus),
         astigmatism_angstrom=args.astigmatism,
-        bfactor_angstrom2=args.bfactor,
+        bfactor_angstrom2=50.0 if args.bfactor is None else args.bfactor,
         seed=args.seed,
         batch_size=args.batch,
         device=device,

@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "centre_to_origin",
+    "fast_fft_size",
     "fourier_crop",
     "fourier_pad",
     "fourier_rescale",
@@ -134,13 +135,16 @@ def phase_shift_2d(
         ``(..., h, w // 2 + 1)`` complex factors ``exp(-2 pi i (kx dx + ky dy))``.
     """
     real_dtype = shifts_px.dtype if shifts_px.is_floating_point() else torch.float32
-    ky, kx = frequency_grid_2d(
-        shape, rfft=rfft, device=device or shifts_px.device, dtype=real_dtype
-    )
-    dx = shifts_px[..., 0, None, None]
-    dy = shifts_px[..., 1, None, None]
-    phase = -2.0 * math.pi * (kx * dx + ky * dy)
-    return torch.polar(torch.ones_like(phase), phase)
+    dev = device or shifts_px.device
+    h, w = shape
+    ky = torch.fft.fftfreq(h, device=dev, dtype=real_dtype)
+    kx = (torch.fft.rfftfreq if rfft else torch.fft.fftfreq)(w, device=dev, dtype=real_dtype)
+    # separable: exp(-2 pi i ky dy) (column) times exp(-2 pi i kx dx) (row)
+    phase_y = -2.0 * math.pi * ky * shifts_px[..., 1, None].to(dev, real_dtype)
+    phase_x = -2.0 * math.pi * kx * shifts_px[..., 0, None].to(dev, real_dtype)
+    ramp_y = torch.polar(torch.ones_like(phase_y), phase_y)
+    ramp_x = torch.polar(torch.ones_like(phase_x), phase_x)
+    return ramp_y[..., :, None] * ramp_x[..., None, :]
 
 
 def shift_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
@@ -227,3 +231,17 @@ def fourier_rescale(x: torch.Tensor, new_shape: tuple[int, ...]) -> torch.Tensor
     out = torch.fft.ifftn(f, dim=dims).real
     scale = math.prod(new_shape) / math.prod(old_shape)
     return origin_to_centre(out * scale, ndim).to(x.dtype)
+
+
+def fast_fft_size(n: int) -> int:
+    """The smallest even ``m >= n`` whose prime factors are 2, 3, 5 and 7 (fast FFTs)."""
+    m = max(int(n), 2)
+    while True:
+        if m % 2 == 0:
+            k = m
+            for p in (2, 3, 5, 7):
+                while k % p == 0:
+                    k //= p
+            if k == 1:
+                return m
+        m += 1

@@ -75,7 +75,7 @@ import pandas as pd
 import torch
 
 from cryospa.core.ctf import ctf_2d
-from cryospa.core.fourier import frequency_grid_2d, phase_shift_2d
+from cryospa.core.fourier import fast_fft_size, frequency_grid_2d, phase_shift_2d
 from cryospa.core.projection import centred_ft_to_images, make_projector, project
 from cryospa.core.rotations import euler_to_matrix, matrix_to_euler, random_rotations
 from cryospa.errors import ParameterError
@@ -700,8 +700,10 @@ class ParticleFields:
         reach_angstrom = microscope.wavelength_angstrom * dz_max * k_nyquist
         self.margin = math.ceil(reach_angstrom / apix) + 8 + int(extra_margin_px)
         h, w = layout.shape_px
-        hp, wp = h + 2 * self.margin, w + 2 * self.margin
-        self.padded_shape = (hp + hp % 2, wp + wp % 2)
+        self.padded_shape = (
+            fast_fft_size(h + 2 * self.margin),
+            fast_fft_size(w + 2 * self.margin),
+        )
         self._projectors = [make_projector(v.to(self.device)) for v in maps.volumes]
         self._rotations = euler_to_matrix(torch.from_numpy(layout.angles_degrees))
         self._whole = np.floor(layout.positions_px).astype(np.int64)
