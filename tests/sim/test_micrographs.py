@@ -31,7 +31,7 @@ from cryospa.core.fsc import fsc, resolution_at_threshold
 from cryospa.errors import InputFileError, ParameterError
 from cryospa.io.coords import read_coordinates
 from cryospa.io.mrc import read_mrc, write_mrc
-from cryospa.io.star import joined, read_relion_star, split_optics, write_relion_star
+from cryospa.io.star import joined, read_relion_star, read_star, split_optics, write_relion_star
 from cryospa.jobs.reconstruct import run_reconstruct
 from cryospa.sim import IceModel, MicrographSimulation, prepare_maps, simulate_micrographs
 from cryospa.sim.micrographs import run_simulate_micrographs
@@ -675,3 +675,56 @@ def test_particle_snr_at_the_tutorial_dose_is_realistic(shared_data: Path) -> No
             disc = (xx - x) ** 2 + (yy - y) ** 2 < maps.particle_radius_px**2
             snrs.append(np.var(signal[disc]) / noise)
     assert 0.01 <= float(np.mean(snrs)) <= 0.1
+
+
+# ----------------------------------------------------------------------------- junk
+
+
+def test_junk_objects_are_placed_recorded_and_visible(tmp_path: Path, small_maps) -> None:  # type: ignore[no-untyped-def]
+    sim = simulate_micrographs(
+        small_maps,
+        n_micrographs=4,
+        micrograph_shape_px=(384, 384),
+        particles_per_micrograph=14,
+        junk_fraction=0.3,
+        seed=7,
+    )
+    n_junk = round(14 * 0.3 / 0.7)
+    assert len(sim.junk) == 4 * n_junk and len(sim.truth) == 4 * 14
+    assert set(sim.junk["rlnClassNumber"]) <= {-1, -2, -3}
+    counts = sim.parameters["junk_counts"]
+    assert sum(counts.values()) == len(sim.junk)
+    # junk centres keep the particles' minimum distance from every particle
+    for name, rows in sim.truth.groupby("rlnMicrographName"):
+        junk = sim.junk[sim.junk["rlnMicrographName"] == name]
+        d = np.hypot(
+            rows["rlnCoordinateX"].to_numpy()[:, None] - junk["rlnCoordinateX"].to_numpy(),
+            rows["rlnCoordinateY"].to_numpy()[:, None] - junk["rlnCoordinateY"].to_numpy(),
+        )
+        assert d.min() >= sim.parameters["min_distance_angstrom"] / APIX - 1e-6
+    # ice contamination is thicker ice: fewer electrons inside its disc than around it
+    radii = sim.parameters["ice_contamination_radius_angstrom"]
+    balls = sim.junk[sim.junk["rlnClassNumber"] == -3]
+    assert len(balls) == len(radii)
+    yy, xx = np.mgrid[0:384, 0:384]
+    for (_, row), radius in zip(balls.iterrows(), radii, strict=True):
+        m = int(row["rlnMicrographName"][-7:-4]) - 1
+        r = np.hypot(xx - row["rlnCoordinateX"], yy - row["rlnCoordinateY"])
+        inside = sim.expected_counts[m][r < 0.5 * radius / APIX].mean()
+        assert inside < 0.97 * sim.expected_counts[m].mean()
+    out = tmp_path / "sim"
+    from cryospa.sim.micrographs import write_micrograph_simulation
+
+    write_micrograph_simulation(sim, out)
+    written = read_star(out / "ground_truth/junk_true.star")["particles"]
+    assert len(written) == len(sim.junk)
+
+
+def test_no_junk_by_default_leaves_data_unchanged(small_maps) -> None:  # type: ignore[no-untyped-def]
+    kw = dict(n_micrographs=1, micrograph_shape_px=(128, 128), particles_per_micrograph=3)
+    a = simulate_micrographs(small_maps, seed=3, **kw)  # type: ignore[arg-type]
+    b = simulate_micrographs(small_maps, seed=3, junk_fraction=0.0, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a.micrographs, b.micrographs)
+    assert len(a.junk) == 0
+    with pytest.raises(ParameterError, match="junk"):
+        simulate_micrographs(small_maps, junk_fraction=1.0, **kw)  # type: ignore[arg-type]

@@ -225,6 +225,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "diameter, so particles do not overlap)",
     )
     g.add_argument(
+        "--junk_fraction",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of the objects on a micrograph that are junk: aggregates, broken "
+        "particles and ice contamination, for picking and 2D cleaning (micrographs and movies "
+        "levels; default: 0)",
+    )
+    g.add_argument(
         "--dose",
         type=float,
         default=DEFAULT_DOSE_E_PER_A2,
@@ -507,6 +516,7 @@ def _main_movies(args: argparse.Namespace, microscope: Microscope, device: torch
             defocus_range_angstrom=tuple(args.defocus),
             astigmatism_angstrom=args.astigmatism,
             bfactor_angstrom2=20.0 if args.bfactor is None else args.bfactor,
+            junk_fraction=args.junk_fraction,
             microscope=microscope,
             ice=ice,
             motion=MotionModel(drift_angstrom=args.drift, local_angstrom=args.local_motion),
@@ -553,6 +563,7 @@ def _main_micrographs(
         defocus_range_angstrom=tuple(args.defocus),
         astigmatism_angstrom=args.astigmatism,
         bfactor_angstrom2=50.0 if args.bfactor is None else args.bfactor,
+        junk_fraction=args.junk_fraction,
         seed=args.seed,
         batch_size=args.batch,
         device=device,

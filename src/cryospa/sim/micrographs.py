@@ -67,6 +67,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ from cryospa.errors import ParameterError
 from cryospa.io import atomic_folder, check_new_folder
 from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import write_mrc
-from cryospa.io.star import split_optics, write_relion_star
+from cryospa.io.star import split_optics, write_relion_star, write_star
 from cryospa.sim.particles import TrueMaps, load_maps_for_simulation
 from cryospa.sim.physics import (
     Microscope,
@@ -94,7 +95,9 @@ from cryospa.sim.physics import (
 __all__ = [
     "DEFAULT_DOSE_E_PER_A2",
     "DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM",
+    "JUNK_TYPES",
     "IceModel",
+    "Junk",
     "MicrographLayout",
     "MicrographSimulation",
     "ParticleFields",
@@ -102,6 +105,7 @@ __all__ = [
     "draw_layout",
     "ice_fields",
     "ice_phase_power_2d",
+    "junk_table",
     "layout_parameters",
     "micrograph_image",
     "optics_columns",
@@ -500,6 +504,109 @@ def micrograph_image(
 # A data set: layout (what is where), particle fields, ice, truth tables
 # --------------------------------------------------------------------------------------
 
+#: Junk types (``rlnClassNumber`` in ``ground_truth/junk_true.star``).
+JUNK_TYPES = {-1: "aggregate", -2: "broken particle", -3: "ice contamination"}
+
+
+@dataclass
+class Junk:
+    """Junk objects: aggregates, broken particles and crystalline-ice contamination.
+
+    * An aggregate is 2 to 4 whole particles (random classes and orientations) within 0.35 to
+      0.6 particle diameters of its centre, so they overlap and clump.
+    * A broken particle is one particle's projection cut by a straight soft edge through a
+      point within 0.25 radii of its centre (a fragment of 30 to 70 % of it).
+    * Ice contamination is a sphere of vitreous-density ice of radius 60 to 200 Å on the film:
+      it adds ``2 sqrt(R^2 - r^2)`` to the ice thickness, so it darkens the image through the
+      ice's phase, the lost electrons and the amorphous-ice structure.
+
+    Attributes
+    ----------
+    positions_px, micrograph_index, types
+        ``(j, 2)`` centres, ``(j,)`` micrograph and ``(j,)`` type code (see ``JUNK_TYPES``).
+    radius_px
+        ``(j,)`` sphere radius (pixels) of ice contamination, 0 for the others.
+    part_positions_px, part_micrograph_index, part_classes, part_angles_degrees
+        The particles aggregates and broken particles are made of.
+    part_cuts
+        ``(p, 3)`` for each part: direction angle (radians), offset of the cut from the
+        particle centre (pixels) and 1 for a cut part (0 for a whole one).
+    """
+
+    positions_px: np.ndarray
+    micrograph_index: np.ndarray
+    types: np.ndarray
+    radius_px: np.ndarray
+    part_positions_px: np.ndarray
+    part_micrograph_index: np.ndarray
+    part_classes: np.ndarray
+    part_angles_degrees: np.ndarray
+    part_cuts: np.ndarray
+
+    @staticmethod
+    def empty() -> Junk:
+        """No junk."""
+        z2, z1 = np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+        return Junk(z2, z1, z1, np.zeros(0), z2, z1, z1, np.zeros((0, 3)), np.zeros((0, 3)))
+
+    def __len__(self) -> int:
+        return int(self.types.shape[0])
+
+
+def _draw_junk(
+    rng: np.random.Generator,
+    positions: np.ndarray,
+    micrograph_index: np.ndarray,
+    *,
+    n_classes: int,
+    fractions: np.ndarray,
+    particle_radius_px: float,
+    pixel_size_angstrom: float,
+    shape: tuple[int, int],
+    edge_px: float,
+) -> Junk:
+    if len(positions) == 0:
+        return Junk.empty()
+    n = len(positions)
+    types = -rng.choice(3, size=n, p=[0.4, 0.4, 0.2]) - 1
+    radius = np.where(types == -3, rng.uniform(60.0, 200.0, size=n) / pixel_size_angstrom, 0.0)
+    parts_pos, parts_mic, cuts = [], [], []
+    h, w = shape
+    for j in range(n):
+        if types[j] == -1:  # aggregate
+            k = int(rng.integers(2, 5))
+            dist = rng.uniform(0.7, 1.2, size=k) * particle_radius_px
+            ang = rng.uniform(0, 2 * math.pi, size=k)
+            pos = positions[j] + np.stack([dist * np.cos(ang), dist * np.sin(ang)], 1)
+            pos = np.clip(pos, [edge_px, edge_px], [w - edge_px, h - edge_px])
+            parts_pos.append(pos)
+            parts_mic += [micrograph_index[j]] * k
+            cuts += [(0.0, 0.0, 0.0)] * k
+        elif types[j] == -2:  # broken
+            parts_pos.append(positions[j][None])
+            parts_mic.append(micrograph_index[j])
+            offset = rng.uniform(-0.25, 0.25) * particle_radius_px
+            cuts.append((rng.uniform(0, 2 * math.pi), offset, 1.0))
+    n_parts = len(parts_mic)
+    part_classes = rng.choice(n_classes, size=n_parts, p=fractions) + 1
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    part_angles = (
+        matrix_to_euler(random_rotations(n_parts, generator=gen)).numpy()
+        if n_parts
+        else np.zeros((0, 3))
+    )
+    return Junk(
+        positions_px=positions,
+        micrograph_index=micrograph_index,
+        types=types.astype(np.int64),
+        radius_px=radius,
+        part_positions_px=np.concatenate(parts_pos) if parts_pos else np.zeros((0, 2)),
+        part_micrograph_index=np.asarray(parts_mic, dtype=np.int64),
+        part_classes=part_classes,
+        part_angles_degrees=part_angles,
+        part_cuts=np.asarray(cuts, dtype=np.float64).reshape(-1, 3),
+    )
+
 
 @dataclass
 class MicrographLayout:
@@ -525,6 +632,8 @@ class MicrographLayout:
         Class fractions used.
     min_distance_px
         Smallest distance between particle centres (pixels).
+    junk
+        The junk objects (:class:`Junk`; empty without junk).
     """
 
     shape_px: tuple[int, int]
@@ -538,6 +647,7 @@ class MicrographLayout:
     subsets: np.ndarray
     fractions: np.ndarray
     min_distance_px: float
+    junk: Junk = dataclass_field(default_factory=lambda: Junk.empty())
 
     @property
     def n_micrographs(self) -> int:
@@ -564,8 +674,12 @@ def draw_layout(
     micrograph_defocus: np.ndarray | None,
     bfactor_angstrom2: float,
     rng: np.random.Generator,
+    junk_fraction: float = 0.0,
 ) -> MicrographLayout:
     """Check the options and draw defocus, positions, classes, orientations and half-sets.
+
+    With ``junk_fraction`` > 0, that fraction of the objects placed on each micrograph are
+    junk (:class:`Junk`), placed with the particles (no overlap between centres).
 
     The draws come from ``rng`` in a fixed order; options are those of
     :func:`simulate_micrographs`.
@@ -626,12 +740,17 @@ def draw_layout(
         if np.any(given[:, 1] <= 0) or np.any(given[:, 0] < given[:, 1]):
             raise ParameterError("given defocus must satisfy dU >= dV > 0 (Å, underfocus)")
         mic_du, mic_dv, astig_angle = given[:, 0].copy(), given[:, 1].copy(), given[:, 2].copy()
-    positions = np.concatenate(
-        [
-            place_particles(per, (h, w), min_distance_px=min_distance_px, edge_px=b / 2, rng=rng)
-            for _ in range(m_count)
-        ]
-    ).reshape(-1, 2)
+    if not (0 <= junk_fraction < 1):
+        raise ParameterError(f"junk fraction must be in [0, 1), got {junk_fraction}")
+    n_junk = round(per * junk_fraction / (1 - junk_fraction))
+    placed = [
+        place_particles(
+            per + n_junk, (h, w), min_distance_px=min_distance_px, edge_px=b / 2, rng=rng
+        )
+        for _ in range(m_count)
+    ]
+    positions = np.concatenate([x[:per] for x in placed]).reshape(-1, 2)
+    junk_positions = np.concatenate([x[per:] for x in placed]).reshape(-1, 2)
     n = m_count * per
     mic = np.repeat(np.arange(m_count), per)
     classes = rng.choice(n_classes, size=n, p=frac) + 1
@@ -640,6 +759,17 @@ def draw_layout(
         matrix_to_euler(random_rotations(n, generator=torch_gen)).numpy() if n else np.zeros((0, 3))
     )
     subsets = rng.integers(1, 3, size=n)
+    junk = _draw_junk(
+        rng,
+        junk_positions,
+        np.repeat(np.arange(m_count), n_junk),
+        n_classes=n_classes,
+        fractions=frac,
+        particle_radius_px=maps.particle_radius_px,
+        pixel_size_angstrom=apix,
+        shape=(h, w),
+        edge_px=b / 2,
+    )
     return MicrographLayout(
         shape_px=(h, w),
         defocus_u_angstrom=mic_du,
@@ -652,6 +782,7 @@ def draw_layout(
         subsets=subsets,
         fractions=frac,
         min_distance_px=min_distance_px,
+        junk=junk,
     )
 
 
@@ -705,18 +836,30 @@ class ParticleFields:
             fast_fft_size(w + 2 * self.margin),
         )
         self._projectors = [make_projector(v.to(self.device)) for v in maps.volumes]
-        self._rotations = euler_to_matrix(torch.from_numpy(layout.angles_degrees))
-        self._whole = np.floor(layout.positions_px).astype(np.int64)
-        self._frac = layout.positions_px - self._whole
+        junk = layout.junk
+        # particles first, then the parts of aggregates and broken particles
+        self._positions = np.concatenate([layout.positions_px, junk.part_positions_px])
+        self._mic = np.concatenate([layout.micrograph_index, junk.part_micrograph_index])
+        self._classes = np.concatenate([layout.classes, junk.part_classes])
+        angles = np.concatenate([layout.angles_degrees, junk.part_angles_degrees])
+        self._rotations = euler_to_matrix(torch.from_numpy(angles))
+        self._cuts = np.concatenate([np.zeros((layout.n_particles, 3)), junk.part_cuts])
+        self._whole = np.floor(self._positions).astype(np.int64)
+        self._frac = self._positions - self._whole
 
     def potential(self, m: int) -> torch.Tensor:
-        """``(H, W)`` float32 projected potential (V Å) of micrograph ``m``'s particles."""
+        """``(H, W)`` float32 projected potential (V Å) of micrograph ``m``'s particles.
+
+        Includes the particles of junk aggregates and broken particles (ice contamination is
+        ice: see :meth:`contamination_thickness`).
+        """
         b = self.maps.box_size
         apix = self.maps.pixel_size_angstrom
         dev, f32 = self.device, torch.float32
         field = torch.zeros(self.padded_shape, dtype=f32, device=dev)
-        idx_m = np.flatnonzero(self.layout.micrograph_index == m)
-        classes = self.layout.classes
+        idx_m = np.flatnonzero(self._mic == m)
+        classes = self._classes
+        ax = torch.arange(b, device=dev, dtype=f32) - b // 2
         for lo in range(0, idx_m.size, self.batch_size):
             idx = idx_m[lo : lo + self.batch_size]
             ft = torch.empty((idx.size, b, b // 2 + 1), dtype=torch.complex64, device=dev)
@@ -727,9 +870,35 @@ class ParticleFields:
                     ft[torch.from_numpy(sel).to(dev)] = project(projector, rots)[0]
             shift = phase_shift_2d((b, b), torch.from_numpy(self._frac[idx]).to(dev, f32))
             images = centred_ft_to_images(ft * shift, b) * apix  # (nb, b, b) V Å
+            cuts = self._cuts[idx]
+            if np.any(cuts[:, 2] > 0):  # broken particles: keep one side of a soft straight cut
+                cut = torch.from_numpy(cuts).to(dev, f32)
+                d = (
+                    torch.cos(cut[:, 0, None, None]) * ax[None, None, :]
+                    + torch.sin(cut[:, 0, None, None]) * ax[None, :, None]
+                )
+                keep = torch.sigmoid((d - cut[:, 1, None, None]) / 1.5)
+                images = images * torch.where(cut[:, 2, None, None] > 0, keep, 1.0)
             corners = torch.from_numpy(self._whole[idx] + self.margin - b // 2).to(dev)
             _paste(field, images, corners)
         return field
+
+    def contamination_thickness(self, m: int) -> torch.Tensor | None:
+        """``(H, W)`` extra ice thickness (Å) of micrograph ``m``'s ice contamination, or None."""
+        junk = self.layout.junk
+        sel = np.flatnonzero((junk.micrograph_index == m) & (junk.types == -3))
+        if sel.size == 0:
+            return None
+        apix = self.maps.pixel_size_angstrom
+        hp, wp = self.padded_shape
+        yy = torch.arange(hp, device=self.device, dtype=torch.float32)[:, None] - self.margin
+        xx = torch.arange(wp, device=self.device, dtype=torch.float32)[None, :] - self.margin
+        extra = torch.zeros((hp, wp), device=self.device, dtype=torch.float32)
+        for j in sel:
+            x, y = junk.positions_px[j]
+            r2 = float(junk.radius_px[j]) ** 2 - ((xx - x) ** 2 + (yy - y) ** 2)
+            extra += 2.0 * torch.sqrt(r2.clamp(min=0)) * apix
+        return extra
 
     def crop(self, field: torch.Tensor) -> torch.Tensor:
         """The micrograph part of a padded field."""
@@ -830,6 +999,24 @@ def truth_tables(
     return micrographs_table, ctf_table, truth
 
 
+def junk_table(layout: MicrographLayout, micrograph_names: Sequence[str]) -> pd.DataFrame:
+    """Rows of ``ground_truth/junk_true.star``: micrograph, centre and type of each junk object.
+
+    ``rlnClassNumber`` holds the junk type: -1 aggregate, -2 broken particle, -3 ice
+    contamination (``JUNK_TYPES``); the contamination's radii are in ``simulation.json``.
+    """
+    junk = layout.junk
+    names = list(micrograph_names)
+    return pd.DataFrame(
+        {
+            "rlnMicrographName": [names[m] for m in junk.micrograph_index],
+            "rlnCoordinateX": junk.positions_px[:, 0],
+            "rlnCoordinateY": junk.positions_px[:, 1],
+            "rlnClassNumber": junk.types,
+        }
+    )
+
+
 def layout_parameters(
     layout: MicrographLayout,
     maps: TrueMaps,
@@ -872,6 +1059,14 @@ def layout_parameters(
         "bfactor_angstrom2": bfactor_angstrom2,
         "orientations": "random uniform",
         "origins": "-(coordinate - floor(coordinate)) * pixel size, for RELION's extraction",
+        "n_junk": len(layout.junk),
+        "junk_types": {str(k): v for k, v in JUNK_TYPES.items()},
+        "junk_counts": {
+            name: int(np.sum(layout.junk.types == code)) for code, name in JUNK_TYPES.items()
+        },
+        "ice_contamination_radius_angstrom": [
+            float(r) * apix for r in layout.junk.radius_px[layout.junk.types == -3]
+        ],
     }
 
 
@@ -908,6 +1103,7 @@ class MicrographSimulation:
     truth: pd.DataFrame
     maps: TrueMaps
     parameters: dict[str, Any]
+    junk: pd.DataFrame = dataclass_field(default_factory=pd.DataFrame)
 
 
 def _validate_micrograph_options(
@@ -978,6 +1174,7 @@ def simulate_micrographs(
     astigmatism_angstrom: float = 500.0,
     micrograph_defocus: np.ndarray | None = None,
     bfactor_angstrom2: float = 50.0,
+    junk_fraction: float = 0.0,
     seed: int = 0,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
@@ -1017,6 +1214,8 @@ def simulate_micrographs(
         does not change).
     bfactor_angstrom2
         B-factor (Å^2) of the damage / blur envelope.
+    junk_fraction
+        Fraction of the objects on a micrograph that are junk (:class:`Junk`).
     seed
         Seed of every random draw; the same seed gives the same data set.
     batch_size
@@ -1046,6 +1245,7 @@ def simulate_micrographs(
         micrograph_defocus=micrograph_defocus,
         bfactor_angstrom2=bfactor_angstrom2,
         rng=rng,
+        junk_fraction=junk_fraction,
     )
     fields = ParticleFields(maps, layout, microscope, batch_size=batch_size, device=device)
     m_count = layout.n_micrographs
@@ -1057,6 +1257,9 @@ def simulate_micrographs(
     for m in range(m_count):
         field = fields.potential(m)
         thickness, white_ice = ice_fields(rng, fields.padded_shape, apix, ice, fields.device)
+        contamination = fields.contamination_thickness(m)
+        if contamination is not None:
+            thickness = thickness + contamination
         intensity = micrograph_image(
             field,
             thickness,
@@ -1079,6 +1282,7 @@ def simulate_micrographs(
 
     names = [f"{MICROGRAPHS_DIR}/mic{m + 1:03d}.mrc" for m in range(m_count)]
     micrographs_table, ctf_table, truth = truth_tables(layout, maps, microscope, names)
+    junk = junk_table(layout, names)
     parameters: dict[str, Any] = {
         "level": "micrographs",
         **layout_parameters(
@@ -1105,6 +1309,7 @@ def simulate_micrographs(
         truth=truth,
         maps=maps,
         parameters=parameters,
+        junk=junk,
     )
 
 
@@ -1131,6 +1336,9 @@ ground_truth/particles_true.star
                             (RELION extraction puts pixel floor(coordinate) at the box centre),
                             defocus, rlnClassNumber, rlnRandomSubset; optics for a
                             {box} px box at {apix} Å/px
+ground_truth/junk_true.star
+                            junk (with --junk_fraction): centres and type (rlnClassNumber -1
+                            aggregate, -2 broken particle, -3 ice contamination)
 ground_truth/map_classNNN.mrc
                             the maps projected, Coulomb potential relative to ice (V)
 ground_truth/ice_thickness.mrcs
@@ -1188,6 +1396,8 @@ def write_micrograph_simulation(sim: MicrographSimulation, output_dir: PathLike)
         write_relion_star(
             tmp / TRUTH_DIR / "particles_true.star", split_optics(sim.truth, "particles")
         )
+        if len(sim.junk):
+            write_star(tmp / TRUTH_DIR / "junk_true.star", {"particles": sim.junk})
         for c in range(sim.maps.n_classes):
             write_mrc(
                 tmp / TRUTH_DIR / f"map_class{c + 1:03d}.mrc",

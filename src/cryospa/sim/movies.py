@@ -79,6 +79,7 @@ from cryospa.sim.micrographs import (
     contrast_spectrum,
     draw_layout,
     ice_fields,
+    junk_table,
     layout_parameters,
     smooth_random_field,
     truth_tables,
@@ -355,6 +356,9 @@ class MovieSimulator:
     bfactor_angstrom2
         B-factor of the residual blur (Å^2): specimen imperfection, motion within frames;
         radiation damage is modelled per frame on top.
+    junk_fraction
+        Fraction of the objects on a micrograph that are junk
+        (:class:`cryospa.sim.micrographs.Junk`).
     microscope, ice
         Optics and ice.
     motion
@@ -383,6 +387,7 @@ class MovieSimulator:
         astigmatism_angstrom: float = 500.0,
         micrograph_defocus: np.ndarray | None = None,
         bfactor_angstrom2: float = 20.0,
+        junk_fraction: float = 0.0,
         microscope: Microscope | None = None,
         ice: IceModel | None = None,
         motion: MotionModel | None = None,
@@ -428,6 +433,7 @@ class MovieSimulator:
             micrograph_defocus=micrograph_defocus,
             bfactor_angstrom2=bfactor_angstrom2,
             rng=rng,
+            junk_fraction=junk_fraction,
         )
         shape = self.layout.shape_px
         self.global_shifts = np.stack(
@@ -452,6 +458,7 @@ class MovieSimulator:
         self.micrographs_table, self.ctf_table, self.truth = truth_tables(
             self.layout, maps, self.microscope, names
         )
+        self.junk = junk_table(self.layout, names)
 
     # ---- naming
     def movie_name(self, m: int, suffix: str = ".tiff") -> str:
@@ -509,6 +516,9 @@ class MovieSimulator:
         rng = np.random.default_rng([self.seed, 1, m])
         potential = fields.potential(m)
         thickness, white_ice = ice_fields(rng, fields.padded_shape, apix, self.ice, dev)
+        contamination = fields.contamination_thickness(m)
+        if contamination is not None:
+            thickness = thickness + contamination
         spectrum, transmission = contrast_spectrum(
             potential,
             thickness,
@@ -689,6 +699,8 @@ ground_truth/coords/Movies/movNNN{coord_suffix}
 ground_truth/particles_true.star
                             coordinates, true angles, origins for extraction at the
                             coordinates, defocus, class, half-set ({box} px box at {apix} Å/px)
+ground_truth/junk_true.star  junk (with --junk_fraction): centres and type (rlnClassNumber
+                            -1 aggregate, -2 broken particle, -3 ice contamination)
 ground_truth/map_classNNN.mrc, ground_truth/simulation.json
                             the maps projected (V) and every parameter and the seed
 
@@ -775,6 +787,8 @@ def write_movie_simulation(
         write_relion_star(
             tmp / TRUTH_DIR / "particles_true.star", split_optics(sim.truth, "particles")
         )
+        if len(sim.junk):
+            write_star(tmp / TRUTH_DIR / "junk_true.star", {"particles": sim.junk})
         for c in range(sim.maps.n_classes):
             write_mrc(
                 tmp / TRUTH_DIR / f"map_class{c + 1:03d}.mrc",
