@@ -306,3 +306,26 @@ def test_relion_motioncorr_recovers_the_true_drift(tmp_path: Path, shared_data: 
     assert error < 1.2, f"RELION's drift differs from the truth by {error:.2f} px RMS"
     for other in (truth * [1, -1], truth * [-1, 1], -truth):
         assert rms_error(other) > 2 * error
+
+
+def test_cli_preset_tiny_and_overrides(tmp_path: Path) -> None:
+    assert (
+        cli(["simulate", "--preset", "tiny", "--n_micrographs", "1", "--o", str(tmp_path / "t")])
+        == 0
+    )
+    params = json.loads((tmp_path / "t/ground_truth/simulation.json").read_text())
+    assert params["level"] == "movies" and params["n_micrographs"] == 1  # override wins
+    assert params["symmetry"] == "D2" and params["maps"] == ["builtin:ldh"]
+    assert params["n_frames"] == 8 and params["pixel_size_angstrom"] == 3.54
+    assert "atomic model" in params["map_potentials"][0]
+    movies = read_relion_star(tmp_path / "t/movies.star")
+    assert len(movies.data) == 1
+
+
+def test_cli_unparsable_atomic_model_is_a_clear_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "broken.pdb"
+    bad.write_text("ATOM      1  CA  ALA A   1    garbage\nnot a pdb file\n")
+    code = cli(["simulate", "--preset", "tiny", "--map", str(bad), "--o", str(tmp_path / "x")])
+    assert code == 2
+    assert str(bad) in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

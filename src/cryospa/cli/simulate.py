@@ -49,7 +49,19 @@ Output folder (--o, created; must not exist or be empty; nothing is left on erro
     ground_truth/map_classNNN.mrc            the maps projected (V), at --angpix and --box
     ground_truth/simulation.json, README.txt every parameter and the seed
 
+Presets (options given on the command line win over the preset's):
+  --preset tutorial   the RELION / Scipion beta-galactosidase tutorial's acquisition on a
+                      laptop scale: 12 movies of 1024 x 1024 px x 24 frames at 1.77 Å/px
+                      (the tutorial's 0.885 Å/px binned twice), 1.277 e/Å² per frame, 200 kV,
+                      Cs 1.4 mm, amplitude contrast 0.1, a D2 specimen: the shipped atomic
+                      model builtin:ldh (human lactate dehydrogenase, PDB 1I10, D2 like
+                      beta-galactosidase; no beta-galactosidase model ships offline), 60
+                      particles and 10 %% junk per movie
+  --preset tiny       the same at unit-test scale (seconds): 2 movies of 256 x 256 px x 8
+                      frames at 3.54 Å/px
+
 For example:
+  cryospa simulate --preset tutorial --o tutorial_data
   cryospa simulate --level particles --map map.mrc --n 2000 --box 64 --angpix 2.0 \
       --snr 0.05 --sym D2 --o sim
   cryospa simulate --level micrographs --map map.mrc --sym D2 --n_micrographs 12 \
@@ -61,12 +73,14 @@ For example:
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from cryospa.cli._common import add_compute_args, compute_from_args, show_progress
 from cryospa.errors import ParameterError
+from cryospa.sim.atomic import DEFAULT_BUILTIN_MODEL, AtomicModelOptions
 from cryospa.sim.micrographs import (
     DEFAULT_DOSE_E_PER_A2,
     DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM,
@@ -83,13 +97,58 @@ from cryospa.sim.movies import (
 from cryospa.sim.particles import run_simulate_particles
 from cryospa.sim.physics import Microscope
 
+#: Defaults of the options a preset may set.
+BASE_DEFAULTS: dict[str, Any] = {
+    "level": "particles",
+    "map": [DEFAULT_BUILTIN_MODEL],
+    "sym": "C1",
+    "mic_size": [1024],
+    "particles_per_micrograph": 40,
+    "junk_fraction": 0.0,
+    "n_frames": DEFAULT_N_FRAMES,
+    "dose_per_frame": DEFAULT_DOSE_PER_FRAME,
+}
+#: The presets (see the module docstring).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tutorial": {
+        "level": "movies",
+        "map": [DEFAULT_BUILTIN_MODEL],
+        "sym": "D2",
+        "angpix": DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM,
+        "mic_size": [1024],
+        "n_micrographs": 12,
+        "particles_per_micrograph": 60,
+        "junk_fraction": 0.1,
+        "n_frames": DEFAULT_N_FRAMES,
+        "dose_per_frame": DEFAULT_DOSE_PER_FRAME,
+    },
+    "tiny": {
+        "level": "movies",
+        "map": [DEFAULT_BUILTIN_MODEL],
+        "sym": "D2",
+        "angpix": 3.54,
+        "mic_size": [256],
+        "n_micrographs": 2,
+        "particles_per_micrograph": 5,
+        "junk_fraction": 0.0,
+        "n_frames": 8,
+        "dose_per_frame": DEFAULT_DOSE_PER_FRAME,
+    },
+}
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options."""
     parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="start from a preset (see above); explicit options override it",
+    )
+    parser.add_argument(
         "--level",
         choices=["particles", "micrographs", "movies"],
-        default="particles",
+        default=None,
         help="what to simulate: particles = extracted particle stacks, micrographs = summed "
         "micrographs with ground-truth coordinates, movies = raw movies with gain, defects and "
         "true motion (default: particles)",
@@ -102,9 +161,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--map",
         action="append",
-        required=True,
-        metavar="MRC",
-        help="cubic map, protein positive; repeat for several classes",
+        default=None,
+        metavar="MAP",
+        help="cubic MRC map (protein positive), atomic model (.pdb/.ent/.cif/.mmcif, "
+        f"optionally .gz) or {DEFAULT_BUILTIN_MODEL} (the shipped D2 model); repeat for several "
+        f"classes (default: {DEFAULT_BUILTIN_MODEL})",
     )
     g.add_argument(
         "--fractions",
@@ -119,17 +180,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="Å",
-        help="voxel size of the maps in Å (default: their headers')",
+        help="voxel size of the MRC maps in Å (default: their headers'; atomic models need none)",
     )
     g.add_argument(
-        "--sym", default="C1", help="impose this point group on the maps (C1, Cn, Dn, T, O, I)"
+        "--sym",
+        default=None,
+        help="impose this point group on the maps (C1, Cn, Dn, T, O, I); an atomic model must "
+        "have it (default: C1)",
     )
     g.add_argument(
         "--contrast_potential",
         type=float,
         default=2.0,
         metavar="V",
-        help="mean potential of the protein relative to ice in volts (default: 2.0)",
+        help="MRC maps only: mean potential of the protein relative to ice in volts (atomic "
+        "models are in volts already) (default: 2.0)",
     )
     g.add_argument(
         "--particle_diameter",
@@ -205,14 +270,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--mic_size",
         type=int,
         nargs="+",
-        default=[1024],
+        default=None,
         metavar="PX",
         help="micrograph width [and height] in pixels (default: 1024, square)",
     )
     g.add_argument(
         "--particles_per_micrograph",
         type=int,
-        default=40,
+        default=None,
         help="particles per micrograph; 0 = ice only; random packing of non-overlapping "
         "particles half a box from the edges limits it (default: 40)",
     )
@@ -227,7 +292,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--junk_fraction",
         type=float,
-        default=0.0,
+        default=None,
         metavar="FRACTION",
         help="fraction of the objects on a micrograph that are junk: aggregates, broken "
         "particles and ice contamination, for picking and 2D cleaning (micrographs and movies "
@@ -279,13 +344,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--n_frames",
         type=int,
-        default=DEFAULT_N_FRAMES,
+        default=None,
         help=f"frames per movie (default: {DEFAULT_N_FRAMES})",
     )
     g.add_argument(
         "--dose_per_frame",
         type=float,
-        default=DEFAULT_DOSE_PER_FRAME,
+        default=None,
         metavar="e/Å²",
         help=f"exposure per frame in e/Å² (default: {DEFAULT_DOSE_PER_FRAME:g}, the tutorial's)",
     )
@@ -338,6 +403,43 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default="tiff",
         help="tiff = zlib-compressed TIFF as detectors write; mrc = 16-bit MRC stacks "
         "(default: tiff)",
+    )
+    g = parser.add_argument_group("atomic models (--map file.pdb / .cif)")
+    g.add_argument(
+        "--assembly",
+        default=None,
+        metavar="NAME",
+        help="build this biological assembly of the model (e.g. 1; default: the deposited "
+        "coordinates)",
+    )
+    g.add_argument("--keep_waters", action="store_true", help="keep the model's waters")
+    g.add_argument("--remove_ligands", action="store_true", help="drop every non-polymer residue")
+    g.add_argument(
+        "--hydrogens",
+        choices=["auto", "implicit", "explicit", "none"],
+        default="auto",
+        help="hydrogens: explicit if the model has them, else implicit per residue (auto); "
+        "or as named (default: auto)",
+    )
+    g.add_argument(
+        "--model_bfactor",
+        type=float,
+        default=0.0,
+        metavar="Å²",
+        help="extra B-factor in Å² blurring every atom (default: 0)",
+    )
+    g.add_argument(
+        "--no_model_bfactors",
+        action="store_true",
+        help="ignore the model's own B-factors (default: use them)",
+    )
+    g.add_argument(
+        "--model_centre",
+        choices=["mass", "origin", "keep"],
+        default=None,
+        help="put the centre of mass, the coordinate origin, or the coordinates as they are "
+        "at the box centre (default: origin for builtin models, which sit on their symmetry "
+        "axes; mass for files)",
     )
     defaults = Microscope()
     g = parser.add_argument_group("microscope and CTF")
@@ -419,8 +521,29 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_compute_args(parser)
 
 
+def apply_preset(args: argparse.Namespace) -> None:
+    """Fill options left unset from ``--preset``, then from the plain defaults."""
+    preset = PRESETS[args.preset] if args.preset else {}
+    for key, value in {**BASE_DEFAULTS, **preset}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def _atomic_options(args: argparse.Namespace) -> AtomicModelOptions:
+    return AtomicModelOptions(
+        assembly=args.assembly,
+        remove_waters=not args.keep_waters,
+        remove_ligands=args.remove_ligands,
+        hydrogens=args.hydrogens,
+        bfactor_angstrom2=args.model_bfactor,
+        model_bfactors=not args.no_model_bfactors,
+        centre=args.model_centre,
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the simulation."""
+    apply_preset(args)
     device = compute_from_args(args)
     microscope = Microscope(
         voltage_kv=args.voltage,
@@ -445,6 +568,7 @@ def main(args: argparse.Namespace) -> int:
         symmetry=args.sym,
         contrast_potential_volt=args.contrast_potential,
         particle_diameter_angstrom=args.particle_diameter,
+        atomic_options=_atomic_options(args),
         angles_star=args.angles,
         n_particles=args.n,
         snr=args.snr,
@@ -504,6 +628,7 @@ def _main_movies(args: argparse.Namespace, microscope: Microscope, device: torch
             symmetry=args.sym,
             contrast_potential_volt=args.contrast_potential,
             particle_diameter_angstrom=args.particle_diameter,
+            atomic_options=_atomic_options(args),
             file_format=args.movie_format,
             progress=bar.update,
             n_movies=n_movies,
@@ -553,6 +678,7 @@ def _main_micrographs(
         symmetry=args.sym,
         contrast_potential_volt=args.contrast_potential,
         particle_diameter_angstrom=args.particle_diameter,
+        atomic_options=_atomic_options(args),
         n_micrographs=12 if args.n_micrographs is None else args.n_micrographs,
         micrograph_shape_px=(height, width),
         particles_per_micrograph=args.particles_per_micrograph,

@@ -66,7 +66,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ from cryospa.io import atomic_folder, check_new_folder
 from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import write_mrc
 from cryospa.io.star import split_optics, write_relion_star, write_star
+from cryospa.sim.atomic import AtomicModelOptions
 from cryospa.sim.particles import TrueMaps, load_maps_for_simulation
 from cryospa.sim.physics import (
     Microscope,
@@ -101,6 +102,7 @@ __all__ = [
     "MicrographLayout",
     "MicrographSimulation",
     "ParticleFields",
+    "atomic_options_for_ice",
     "contrast_spectrum",
     "draw_layout",
     "ice_fields",
@@ -1045,6 +1047,7 @@ def layout_parameters(
         "symmetry": maps.symmetry,
         "map_magnification_error": maps.magnification_error,
         "map_volts_per_unit": maps.volts_per_unit,
+        "map_potentials": list(maps.descriptions),
         "particle_diameter_angstrom": 2.0 * maps.particle_radius_px * apix,
         "min_distance_angstrom": layout.min_distance_px * apix,
         "dose_e_per_a2": dose_e_per_a2,
@@ -1444,6 +1447,16 @@ def write_micrograph_simulation(sim: MicrographSimulation, output_dir: PathLike)
     return target
 
 
+def atomic_options_for_ice(
+    options: AtomicModelOptions | None, ice: IceModel | None
+) -> AtomicModelOptions:
+    """Atomic-model options whose displaced-ice potential agrees with the ice model."""
+    ice = ice or IceModel()
+    base = options or AtomicModelOptions()
+    displaced = ice.mean_potential_volt if ice.thickness_angstrom > 0 else 0.0
+    return replace(base, ice_potential_volt=displaced)
+
+
 def run_simulate_micrographs(
     map_paths: Sequence[PathLike],
     output_dir: PathLike,
@@ -1455,6 +1468,7 @@ def run_simulate_micrographs(
     symmetry: str = "C1",
     contrast_potential_volt: float = 2.0,
     particle_diameter_angstrom: float | None = None,
+    atomic_options: AtomicModelOptions | None = None,
     **options: Any,
 ) -> tuple[MicrographSimulation, Path]:
     """Read maps, simulate micrographs and write the output folder (the ``simulate`` job).
@@ -1477,6 +1491,9 @@ def run_simulate_micrographs(
     symmetry, contrast_potential_volt, particle_diameter_angstrom
         See :func:`cryospa.sim.particles.prepare_maps`; the particle diameter is also the
         default minimum distance between particles.
+    atomic_options
+        How atomic models among ``map_paths`` become potential maps; the ice they displace
+        is that of the ice model (none when there is no ice).
     **options
         Keyword options of :func:`simulate_micrographs`.
 
@@ -1502,6 +1519,7 @@ def run_simulate_micrographs(
         symmetry=symmetry,
         contrast_potential_volt=contrast_potential_volt,
         particle_diameter_angstrom=particle_diameter_angstrom,
+        atomic_options=atomic_options_for_ice(atomic_options, options.get("ice")),
     )
     h, w = options.get("micrograph_shape_px", (1024, 1024))
     if maps.box_size >= min(h, w):

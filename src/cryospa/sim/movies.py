@@ -70,12 +70,14 @@ from cryospa.io.coords import write_coordinates_star
 from cryospa.io.movies import write_mrc_movie, write_tiff_movie
 from cryospa.io.mrc import write_mrc
 from cryospa.io.star import split_optics, write_relion_star, write_star
+from cryospa.sim.atomic import AtomicModelOptions
 from cryospa.sim.micrographs import (
     DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM,
     TRUTH_DIR,
     IceModel,
     MicrographLayout,
     ParticleFields,
+    atomic_options_for_ice,
     contrast_spectrum,
     draw_layout,
     ice_fields,
@@ -844,6 +846,7 @@ def run_simulate_movies(
     symmetry: str = "C1",
     contrast_potential_volt: float = 2.0,
     particle_diameter_angstrom: float | None = None,
+    atomic_options: AtomicModelOptions | None = None,
     file_format: Literal["tiff", "mrc"] = "tiff",
     progress: Callable[[int], None] | None = None,
     **options: Any,
@@ -857,7 +860,7 @@ def run_simulate_movies(
     output_dir
         New (or empty) output folder.
     fractions, map_pixel_size_angstrom, box_size, symmetry, contrast_potential_volt,
-    particle_diameter_angstrom
+    particle_diameter_angstrom, atomic_options
         As :func:`cryospa.sim.micrographs.run_simulate_micrographs`.
     pixel_size_angstrom
         Movie pixel size (Å); default 1.77.
@@ -890,6 +893,7 @@ def run_simulate_movies(
         symmetry=symmetry,
         contrast_potential_volt=contrast_potential_volt,
         particle_diameter_angstrom=particle_diameter_angstrom,
+        atomic_options=atomic_options_for_ice(atomic_options, options.get("ice")),
     )
     sim = MovieSimulator(maps, fractions, **options)
     return sim, write_movie_simulation(sim, output_dir, file_format=file_format, progress=progress)

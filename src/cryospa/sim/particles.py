@@ -36,7 +36,9 @@ size (the padding is chosen so that the rescaled box is an integer number of vox
 1e-4 relative, or the closest possible; the residual magnification is reported), cropped or
 zero-padded to the output box (a box larger than the map is allowed; a box smaller than the
 particle is an error), symmetrised if asked, then scaled to Coulomb potential (one factor for
-all maps, from the first: the maps are assumed to share one density scale).
+all maps, from the first: the maps are assumed to share one density scale). Atomic models
+(PDB / mmCIF files or ``builtin:NAME``, :mod:`cryospa.sim.atomic`) are computed directly at the
+output pixel size and box as Coulomb potential relative to ice in volts and are not scaled.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ from cryospa.errors import InputFileError, ParameterError
 from cryospa.io import atomic_folder, check_new_folder
 from cryospa.io.mrc import format_image_name, read_mrc, write_mrc
 from cryospa.io.star import read_relion_star, split_optics, write_relion_star
+from cryospa.sim.atomic import (
+    DEFAULT_ATOMIC_PIXEL_SIZE_ANGSTROM,
+    AtomicModelOptions,
+    default_box_size,
+    is_atomic_model,
+)
 from cryospa.sim.physics import (
     BackgroundModel,
     Microscope,
@@ -118,11 +126,15 @@ class TrueMaps:
         Relative size error left by resampling: the maps are larger than the inputs by this
         fraction (0 when no resampling was needed).
     volts_per_unit
-        Factor applied to the input maps' values to make them potentials (V per map unit).
+        Factor applied to the input MRC maps' values to make them potentials (V per map
+        unit); maps computed from atomic models are in volts already and are not scaled
+        (1.0 when every map is such).
     symmetry
         Point group the maps were symmetrised with (``C1``: none).
     sources
         Where each map came from (file names), for the record.
+    descriptions
+        How each map became a potential, one line per map, for the record.
     """
 
     volumes: torch.Tensor
@@ -132,6 +144,7 @@ class TrueMaps:
     volts_per_unit: float = 1.0
     symmetry: str = "C1"
     sources: list[str] = field(default_factory=list)
+    descriptions: list[str] = field(default_factory=list)
 
     @property
     def box_size(self) -> int:
@@ -260,13 +273,16 @@ def prepare_maps(
     contrast_potential_volt: float = 2.0,
     particle_diameter_angstrom: float | None = None,
     sources: Sequence[str] | None = None,
+    absolute: Sequence[bool] | None = None,
+    descriptions: Sequence[str] | None = None,
 ) -> TrueMaps:
     """Resample maps to the output pixel size and box, symmetrise and scale to potential.
 
     Parameters
     ----------
     volumes
-        ``(n_c, n_c, n_c)`` cubic maps (any units, protein positive), one per class.
+        ``(n_c, n_c, n_c)`` cubic maps (any units, protein positive), one per class; maps
+        flagged in ``absolute`` are potentials relative to ice in volts already.
     map_pixel_sizes_angstrom
         Their voxel sizes (Å).
     pixel_size_angstrom
@@ -276,11 +292,17 @@ def prepare_maps(
     symmetry
         Point group to impose (RELION names; ``C1`` none).
     contrast_potential_volt
-        Mean potential of protein relative to ice (V) over the first map's support.
+        Mean potential of protein relative to ice (V) over the support of the first map that
+        is not absolute; all maps that are not absolute get that map's scale factor.
     particle_diameter_angstrom
         Diameter (Å) of the disc the SNR is measured in; default from the maps.
     sources
         Names of the maps, for the record.
+    absolute
+        Per map: True if it is in volts already (computed from an atomic model,
+        :mod:`cryospa.sim.atomic`) and must not be scaled. Default: none is.
+    descriptions
+        Per map, how it became a potential (default: a line saying how it was scaled).
 
     Returns
     -------
@@ -290,7 +312,9 @@ def prepare_maps(
     Raises
     ------
     ParameterError
-        Bad sizes, or the particle does not fit into the box.
+        Bad sizes, the particle does not fit into the box, or an absolute map (an atomic
+        model) does not have the symmetry imposed (correlation with its symmetrised self
+        below 0.8: the model is not in the group's frame).
     """
     _check_positive("pixel size (--angpix, Å)", pixel_size_angstrom)
     if box_size < 8 or box_size % 2:
@@ -322,18 +346,50 @@ def prepare_maps(
             f"{box_size * pixel_size_angstrom:.0f} Å: use --box >= "
             f"{2 * math.ceil(radius)} (1.5 to 2 times the particle is usual)"
         )
+    names = list(sources) if sources is not None else [f"map{i + 1}" for i in range(len(out))]
+    flags = [False] * len(out) if absolute is None else [bool(a) for a in absolute]
+    if len(flags) != len(out) or len(names) != len(out):
+        raise ParameterError("one source name and one absolute flag per map are needed")
     maps = torch.stack([_pad_or_crop(v, box_size) for v in out]).to(torch.float32)
     if ops.shape[0] > 1:
-        maps = symmetrise_volume(maps, symmetry)
-    scale = potential_scale(maps[0], contrast_potential_volt=contrast_potential_volt)
+        symmetric = symmetrise_volume(maps, symmetry)
+        for i in np.flatnonzero(flags):
+            pair = torch.stack([maps[i].reshape(-1), symmetric[i].reshape(-1)])
+            corr = float(torch.corrcoef(pair.to(torch.float64))[0, 1])
+            if corr < 0.8:
+                raise ParameterError(
+                    f"{names[i]}: the model does not have {symmetry} symmetry about the box "
+                    f"centre (correlation {corr:.2f} with its symmetrised map): rotate the "
+                    f"model so that its symmetry axes lie along RELION's {symmetry} axes "
+                    "through its centre, or leave out --sym"
+                )
+        maps = symmetric
+    scaled = [i for i, a in enumerate(flags) if not a]
+    scale = 1.0
+    if scaled:
+        scale = potential_scale(maps[scaled[0]], contrast_potential_volt=contrast_potential_volt)
+        if len(scaled) == len(flags):
+            maps = maps * scale
+        else:
+            factors = torch.tensor([1.0 if a else scale for a in flags], dtype=maps.dtype)
+            maps = maps * factors[:, None, None, None]
+    if descriptions is None:
+        descriptions = [
+            "potential in volts (not scaled)"
+            if a
+            else f"scaled by {scale:.6g} V per map unit (mean {contrast_potential_volt:g} V "
+            f"over the support of {names[scaled[0]]})"
+            for a in flags
+        ]
     return TrueMaps(
-        volumes=maps * scale,
+        volumes=maps,
         pixel_size_angstrom=float(pixel_size_angstrom),
         particle_radius_px=float(radius),
         magnification_error=float(max(errors, key=abs)),
         volts_per_unit=float(scale),
         symmetry=symmetry,
-        sources=list(sources) if sources is not None else [f"map{i + 1}" for i in range(len(out))],
+        sources=names,
+        descriptions=list(descriptions),
     )
 
 
@@ -731,6 +787,7 @@ def simulate_particles(
         "symmetry": maps.symmetry,
         "map_magnification_error": maps.magnification_error,
         "map_volts_per_unit": maps.volts_per_unit,
+        "map_potentials": maps.descriptions,
         "particle_diameter_angstrom": 2 * radius * apix,
         "snr": snr,
         "snr_realised": float(var_signal.mean() / var_noise.mean()),
@@ -869,23 +926,70 @@ def load_maps_for_simulation(
     symmetry: str,
     contrast_potential_volt: float,
     particle_diameter_angstrom: float | None,
+    atomic_options: AtomicModelOptions | None = None,
 ) -> TrueMaps:
     """Read the maps of a simulation and prepare them at the output pixel size and box.
 
-    ``pixel_size_angstrom`` None: the first map's voxel size. ``box_size`` None: the first
-    map's extent at the output pixel size, made even. Shared by every simulation level.
+    Each entry of ``map_paths`` is an MRC map or an atomic model (``.pdb``, ``.ent``,
+    ``.cif``, ``.mmcif``, optionally ``.gz``, or ``builtin:NAME``,
+    :func:`cryospa.sim.atomic.is_atomic_model`). MRC maps are read, resampled and scaled as
+    :func:`prepare_maps` says. Atomic models are turned into Coulomb potential relative to ice
+    (V) directly at the output pixel size and box (:mod:`cryospa.sim.atomic`, with
+    ``atomic_options``) and are not scaled; ``--map_angpix`` and ``contrast_potential_volt``
+    do not apply to them.
+
+    ``pixel_size_angstrom`` None: the first map's voxel size (for an atomic model
+    :data:`cryospa.sim.atomic.DEFAULT_ATOMIC_PIXEL_SIZE_ANGSTROM`). ``box_size`` None: the
+    first map's extent at the output pixel size, made even (for an atomic model 1.5 times its
+    diameter, :func:`cryospa.sim.atomic.default_box_size`). Shared by every simulation level.
     """
+    if not map_paths:
+        raise ParameterError("no map given: use --map map.mrc (or an atomic model)")
     if fractions is not None and len(fractions) != len(map_paths):
         raise ParameterError(
             f"{len(map_paths)} map(s) but {len(fractions)} fraction(s): give one per map"
         )
-    volumes, sizes = read_maps(map_paths, map_pixel_size_angstrom=map_pixel_size_angstrom)
-    apix = sizes[0] if pixel_size_angstrom is None else pixel_size_angstrom
+    options = atomic_options if atomic_options is not None else AtomicModelOptions()
+    atomic = [is_atomic_model(p) for p in map_paths]
+    structures = {i: options.read(p) for i, p in enumerate(map_paths) if atomic[i]}
+    mrc_paths = [p for p, a in zip(map_paths, atomic, strict=True) if not a]
+    mrc_volumes: list[np.ndarray] = []
+    mrc_sizes: list[float] = []
+    if mrc_paths:
+        mrc_volumes, mrc_sizes = read_maps(
+            mrc_paths, map_pixel_size_angstrom=map_pixel_size_angstrom
+        )
+    if pixel_size_angstrom is not None:
+        apix = pixel_size_angstrom
+    else:
+        apix = DEFAULT_ATOMIC_PIXEL_SIZE_ANGSTROM if atomic[0] else mrc_sizes[0]
     _check_positive("pixel size (--angpix, Å)", apix)
     if box_size is None:
-        box_size = round(volumes[0].shape[0] * sizes[0] / apix)
-        box_size += box_size % 2
-    return prepare_maps(
+        if atomic[0]:
+            box_size = default_box_size(
+                structures[0], apix, centre=options.centre_for(map_paths[0])
+            )
+        else:
+            box_size = round(mrc_volumes[0].shape[0] * mrc_sizes[0] / apix)
+            box_size += box_size % 2
+    if box_size < 8 or box_size % 2:
+        raise ParameterError(f"box size must be even and >= 8 pixels (--box), got {box_size}")
+    volumes: list[np.ndarray | torch.Tensor] = []
+    sizes: list[float] = []
+    descriptions: list[str] = []
+    mrc = iter(zip(mrc_volumes, mrc_sizes, strict=True))
+    for i, path in enumerate(map_paths):
+        if atomic[i]:
+            computed = options.map(structures[i], path, pixel_size_angstrom=apix, box_size=box_size)
+            volumes.append(computed.volume)
+            sizes.append(apix)
+            descriptions.append(computed.describe())
+        else:
+            volume, size = next(mrc)
+            volumes.append(volume)
+            sizes.append(size)
+            descriptions.append("")
+    maps = prepare_maps(
         volumes,
         sizes,
         pixel_size_angstrom=apix,
@@ -894,7 +998,13 @@ def load_maps_for_simulation(
         contrast_potential_volt=contrast_potential_volt,
         particle_diameter_angstrom=particle_diameter_angstrom,
         sources=[str(p) for p in map_paths],
+        absolute=atomic,
     )
+    maps.descriptions = [
+        atomic_text or mrc_text
+        for atomic_text, mrc_text in zip(descriptions, maps.descriptions, strict=True)
+    ]
+    return maps
 
 
 def run_simulate_particles(
@@ -910,6 +1020,7 @@ def run_simulate_particles(
     particle_diameter_angstrom: float | None = None,
     angles_star: PathLike | None = None,
     n_particles: int | None = None,
+    atomic_options: AtomicModelOptions | None = None,
     **options: Any,
 ) -> tuple[ParticleSimulation, Path]:
     """Read maps, simulate particles and write the output folder (the ``simulate`` job).
@@ -917,23 +1028,26 @@ def run_simulate_particles(
     Parameters
     ----------
     map_paths
-        One MRC map per class.
+        One MRC map or atomic model (PDB / mmCIF, ``builtin:NAME``) per class.
     output_dir
         New (or empty) output folder.
     fractions
         Class fractions (default equal).
     map_pixel_size_angstrom
-        Voxel size of the maps (Å) instead of their headers'.
+        Voxel size of the MRC maps (Å) instead of their headers'.
     pixel_size_angstrom
-        Output pixel size (Å); default the first map's voxel size.
+        Output pixel size (Å); default the first map's voxel size (1.77 Å for a model).
     box_size
-        Output box (pixels); default the first map's box after resampling, made even.
+        Output box (pixels); default the first map's box after resampling, made even (for a
+        model 1.5 times its diameter).
     symmetry, contrast_potential_volt, particle_diameter_angstrom
         See :func:`prepare_maps`.
     angles_star
         STAR file with orientations (and origins) to use; sets the number of particles.
     n_particles
         Number of particles (required without ``angles_star``).
+    atomic_options
+        How atomic models become maps (:class:`cryospa.sim.atomic.AtomicModelOptions`).
     **options
         Keyword options of :func:`simulate_particles`.
 
@@ -962,6 +1076,7 @@ def run_simulate_particles(
         symmetry=symmetry,
         contrast_potential_volt=contrast_potential_volt,
         particle_diameter_angstrom=particle_diameter_angstrom,
+        atomic_options=atomic_options,
     )
     sim = simulate_particles(
         maps,
