@@ -109,3 +109,25 @@ def cc_shift(a: np.ndarray, b: np.ndarray, *, window: bool = True) -> tuple[floa
         j, i = np.unravel_index(int(np.argmax(values)), values.shape)
         best = (float(xs[i]), float(ys[j]))
     return best
+
+
+def simulation_maps(
+    spec: str = "builtin:ldh",
+    pixel_size: float = 1.77,
+    *,
+    box: int | None = None,
+    symmetry: str = "D2",
+):  # type: ignore[no-untyped-def]
+    """Maps for simulator tests: the shipped model (default) or an MRC map, as ``simulate``."""
+    from cryospa.sim.particles import load_maps_for_simulation
+
+    return load_maps_for_simulation(
+        [spec],
+        fractions=None,
+        map_pixel_size_angstrom=None,
+        pixel_size_angstrom=pixel_size,
+        box_size=box,
+        symmetry=symmetry,
+        contrast_potential_volt=2.0,
+        particle_diameter_angstrom=None,
+    )

@@ -37,7 +37,7 @@ from cryospa.sim import IceModel, MicrographSimulation, prepare_maps, simulate_m
 from cryospa.sim.micrographs import run_simulate_micrographs
 from cryospa.sim.physics import normalise_background
 from tests.conftest import requires_relion, run_relion
-from tests.synthetic import pseudo_atomic_map
+from tests.synthetic import pseudo_atomic_map, simulation_maps
 
 APIX = 1.77  # physics tests: the tutorial's binned pixel
 MIC = 1024
@@ -620,18 +620,10 @@ def test_particle_snr_at_the_tutorial_dose_is_realistic(shared_data: Path) -> No
     # noiseless signal (counts) in its disc / variance of the noise there (Poisson counts plus
     # the amorphous-ice structure). Real particle images have 0.01 to 0.1.
     from cryospa.sim.micrographs import ParticleFields, draw_layout, ice_fields, micrograph_image
-    from cryospa.sim.particles import load_maps_for_simulation
     from cryospa.sim.physics import Microscope
 
-    maps = load_maps_for_simulation(
-        [shared_data / "maps/betagal_relion1x_test/ref_model.mrc"],
-        fractions=None,
-        map_pixel_size_angstrom=None,
-        pixel_size_angstrom=APIX,
-        box_size=128,
-        symmetry="D2",
-        contrast_potential_volt=2.0,
-        particle_diameter_angstrom=None,
+    maps = simulation_maps(
+        str(shared_data / "maps/betagal_relion1x_test/ref_model.mrc"), APIX, box=128
     )
     rng = np.random.default_rng(0)
     microscope, ice, dose = Microscope(), IceModel(), 30.65

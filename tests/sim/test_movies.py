@@ -34,7 +34,7 @@ from cryospa.sim.movies import (
 )
 from tests.conftest import requires_relion, run_relion
 from tests.sim.test_micrographs import solvated_map
-from tests.synthetic import cc_shift
+from tests.synthetic import cc_shift, simulation_maps
 
 APIX = 1.77
 
@@ -261,17 +261,8 @@ def test_relion_motioncorr_recovers_the_true_drift(tmp_path: Path, shared_data: 
     # RELION reads our movies, gain and defects, and its own motion correction finds our
     # drift: same sign and orientation conventions (TIFF flip, gain, shifts). Beta-galactosidase
     # (a real map) at the tutorial's binned pixel size gives RELION enough signal.
-    from cryospa.sim.particles import load_maps_for_simulation
-
-    betagal = load_maps_for_simulation(
-        [shared_data / "maps/betagal_relion1x_test/ref_model.mrc"],
-        fractions=None,
-        map_pixel_size_angstrom=None,
-        pixel_size_angstrom=APIX,
-        box_size=128,
-        symmetry="D2",
-        contrast_potential_volt=2.0,
-        particle_diameter_angstrom=None,
+    betagal = simulation_maps(
+        str(shared_data / "maps/betagal_relion1x_test/ref_model.mrc"), APIX, box=128
     )
     sim = MovieSimulator(
         betagal,
