@@ -109,6 +109,7 @@ __all__ = [
     "ice_phase_power_2d",
     "junk_table",
     "layout_parameters",
+    "load_field_maps",
     "micrograph_image",
     "optics_columns",
     "place_particles",
@@ -1457,6 +1458,49 @@ def atomic_options_for_ice(
     return replace(base, ice_potential_volt=displaced)
 
 
+def load_field_maps(
+    map_paths: Sequence[PathLike],
+    *,
+    fractions: Sequence[float] | None,
+    map_pixel_size_angstrom: float | None,
+    pixel_size_angstrom: float | None,
+    box_size: int | None,
+    symmetry: str,
+    contrast_potential_volt: float,
+    particle_diameter_angstrom: float | None,
+    atomic_options: AtomicModelOptions | None,
+    ice: IceModel | None,
+    micrograph_shape_px: tuple[int, int],
+) -> TrueMaps:
+    """Maps of a micrograph or movie simulation, checked against the micrograph size.
+
+    As :func:`cryospa.sim.particles.load_maps_for_simulation`, with the micrograph pixel size
+    by default (1.77 Å) and atomic models displacing the ice of ``ice``.
+    """
+    maps = load_maps_for_simulation(
+        map_paths,
+        fractions=fractions,
+        map_pixel_size_angstrom=map_pixel_size_angstrom,
+        pixel_size_angstrom=(
+            DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM
+            if pixel_size_angstrom is None
+            else pixel_size_angstrom
+        ),
+        box_size=box_size,
+        symmetry=symmetry,
+        contrast_potential_volt=contrast_potential_volt,
+        particle_diameter_angstrom=particle_diameter_angstrom,
+        atomic_options=atomic_options_for_ice(atomic_options, ice),
+    )
+    h, w = micrograph_shape_px
+    if maps.box_size >= min(h, w):
+        raise ParameterError(
+            f"the box ({maps.box_size} px) is not smaller than the micrograph ({w} x {h} px): "
+            "reduce --box or enlarge --mic_size"
+        )
+    return maps
+
+
 def run_simulate_micrographs(
     map_paths: Sequence[PathLike],
     output_dir: PathLike,
@@ -1506,26 +1550,18 @@ def run_simulate_micrographs(
     dose = options.get("dose_e_per_a2", DEFAULT_DOSE_E_PER_A2)
     if not (dose > 0 and math.isfinite(dose)):
         raise ParameterError(f"dose must be > 0 e/Å² (the total exposure), got {dose}: set --dose")
-    maps = load_maps_for_simulation(
+    maps = load_field_maps(
         map_paths,
         fractions=fractions,
         map_pixel_size_angstrom=map_pixel_size_angstrom,
-        pixel_size_angstrom=(
-            DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM
-            if pixel_size_angstrom is None
-            else pixel_size_angstrom
-        ),
+        pixel_size_angstrom=pixel_size_angstrom,
         box_size=box_size,
         symmetry=symmetry,
         contrast_potential_volt=contrast_potential_volt,
         particle_diameter_angstrom=particle_diameter_angstrom,
-        atomic_options=atomic_options_for_ice(atomic_options, options.get("ice")),
+        atomic_options=atomic_options,
+        ice=options.get("ice"),
+        micrograph_shape_px=options.get("micrograph_shape_px", (1024, 1024)),
     )
-    h, w = options.get("micrograph_shape_px", (1024, 1024))
-    if maps.box_size >= min(h, w):
-        raise ParameterError(
-            f"the box ({maps.box_size} px) is not smaller than the micrograph ({w} x {h} px): "
-            "reduce --box or enlarge --mic_size"
-        )
     sim = simulate_micrographs(maps, fractions, **options)
     return sim, write_micrograph_simulation(sim, output_dir)

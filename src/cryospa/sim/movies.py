@@ -72,21 +72,20 @@ from cryospa.io.mrc import write_mrc
 from cryospa.io.star import split_optics, write_relion_star, write_star
 from cryospa.sim.atomic import AtomicModelOptions
 from cryospa.sim.micrographs import (
-    DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM,
     TRUTH_DIR,
     IceModel,
     MicrographLayout,
     ParticleFields,
-    atomic_options_for_ice,
     contrast_spectrum,
     draw_layout,
     ice_fields,
     junk_table,
     layout_parameters,
+    load_field_maps,
     smooth_random_field,
     truth_tables,
 )
-from cryospa.sim.particles import TrueMaps, load_maps_for_simulation
+from cryospa.sim.particles import TrueMaps
 from cryospa.sim.physics import Microscope, detector_mtf_2d
 
 __all__ = [
@@ -880,20 +879,18 @@ def run_simulate_movies(
     dose = options.get("dose_per_frame", DEFAULT_DOSE_PER_FRAME)
     if not (dose > 0 and math.isfinite(dose)):
         raise ParameterError(f"dose per frame must be > 0 e/Å², got {dose}: set --dose_per_frame")
-    maps = load_maps_for_simulation(
+    maps = load_field_maps(
         map_paths,
         fractions=fractions,
         map_pixel_size_angstrom=map_pixel_size_angstrom,
-        pixel_size_angstrom=(
-            DEFAULT_MICROGRAPH_PIXEL_SIZE_ANGSTROM
-            if pixel_size_angstrom is None
-            else pixel_size_angstrom
-        ),
+        pixel_size_angstrom=pixel_size_angstrom,
         box_size=box_size,
         symmetry=symmetry,
         contrast_potential_volt=contrast_potential_volt,
         particle_diameter_angstrom=particle_diameter_angstrom,
-        atomic_options=atomic_options_for_ice(atomic_options, options.get("ice")),
+        atomic_options=atomic_options,
+        ice=options.get("ice"),
+        micrograph_shape_px=options.get("movie_shape_px", (1024, 1024)),
     )
     sim = MovieSimulator(maps, fractions, **options)
     return sim, write_movie_simulation(sim, output_dir, file_format=file_format, progress=progress)
