@@ -62,7 +62,6 @@ the particles RELION extracts at the true coordinates.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -85,7 +84,7 @@ from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import write_mrc
 from cryospa.io.star import split_optics, write_relion_star, write_star
 from cryospa.sim.atomic import AtomicModelOptions
-from cryospa.sim.particles import TrueMaps, load_maps_for_simulation
+from cryospa.sim.particles import TrueMaps, load_maps_for_simulation, write_maps_and_record
 from cryospa.sim.physics import (
     Microscope,
     detector_mtf_2d,
@@ -117,6 +116,7 @@ __all__ = [
     "simulate_micrographs",
     "smooth_random_field",
     "truth_tables",
+    "write_field_truth",
     "write_micrograph_simulation",
 ]
 
@@ -1359,6 +1359,35 @@ Extract the particles at the true coordinates with RELION, from this folder:
 """
 
 
+def write_field_truth(
+    folder: Path,
+    *,
+    ctf_table: pd.DataFrame,
+    truth: pd.DataFrame,
+    junk: pd.DataFrame,
+    maps: TrueMaps,
+    parameters: dict[str, Any],
+) -> None:
+    """Write the ground truth of a micrograph or movie simulation into ``folder``.
+
+    True coordinates per micrograph (``ground_truth/coords/<micrograph stem>_true.star``, as
+    RELION's ``--coord_dir`` / ``--coord_suffix`` expect), the true CTFs, particles and junk,
+    the maps and ``simulation.json``.
+    """
+    for name in ctf_table["rlnMicrographName"]:
+        rows = truth[truth["rlnMicrographName"] == name]
+        path = folder / COORDS_DIR / f"{Path(name).with_suffix('').as_posix()}{COORD_SUFFIX}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_coordinates_star(path, rows[["rlnCoordinateX", "rlnCoordinateY"]])
+    write_relion_star(
+        folder / TRUTH_DIR / "micrographs_ctf.star", split_optics(ctf_table, "micrographs")
+    )
+    write_relion_star(folder / TRUTH_DIR / "particles_true.star", split_optics(truth, "particles"))
+    if len(junk):
+        write_star(folder / TRUTH_DIR / "junk_true.star", {"particles": junk})
+    write_maps_and_record(folder, maps, parameters)
+
+
 def write_micrograph_simulation(sim: MicrographSimulation, output_dir: PathLike) -> Path:
     """Write a micrograph simulation into a new folder, atomically.
 
@@ -1381,41 +1410,24 @@ def write_micrograph_simulation(sim: MicrographSimulation, output_dir: PathLike)
     apix = sim.maps.pixel_size_angstrom
     with atomic_folder(target) as tmp:
         (tmp / MICROGRAPHS_DIR).mkdir(parents=True)
-        (tmp / COORDS_DIR / MICROGRAPHS_DIR).mkdir(parents=True)
-        names = sim.micrographs_table["rlnMicrographName"].tolist()
-        for m, name in enumerate(names):
+        for m, name in enumerate(sim.micrographs_table["rlnMicrographName"]):
             write_mrc(tmp / name, sim.micrographs[m], voxel_size_angstrom=apix)
-            rows = sim.truth[sim.truth["rlnMicrographName"] == name]
-            stem = Path(name).with_suffix("").as_posix()
-            write_coordinates_star(
-                tmp / COORDS_DIR / f"{stem}{COORD_SUFFIX}",
-                rows[["rlnCoordinateX", "rlnCoordinateY"]],
-            )
         write_relion_star(
             tmp / "micrographs.star", split_optics(sim.micrographs_table, "micrographs")
         )
-        write_relion_star(
-            tmp / TRUTH_DIR / "micrographs_ctf.star", split_optics(sim.ctf_table, "micrographs")
+        write_field_truth(
+            tmp,
+            ctf_table=sim.ctf_table,
+            truth=sim.truth,
+            junk=sim.junk,
+            maps=sim.maps,
+            parameters=sim.parameters,
         )
-        write_relion_star(
-            tmp / TRUTH_DIR / "particles_true.star", split_optics(sim.truth, "particles")
-        )
-        if len(sim.junk):
-            write_star(tmp / TRUTH_DIR / "junk_true.star", {"particles": sim.junk})
-        for c in range(sim.maps.n_classes):
-            write_mrc(
-                tmp / TRUTH_DIR / f"map_class{c + 1:03d}.mrc",
-                sim.maps.volumes[c].cpu().numpy(),
-                voxel_size_angstrom=apix,
-            )
         write_mrc(
             tmp / TRUTH_DIR / "ice_thickness.mrcs",
             sim.thickness_angstrom,
             voxel_size_angstrom=apix,
             is_stack=True,
-        )
-        (tmp / TRUTH_DIR / "simulation.json").write_text(
-            json.dumps(sim.parameters, indent=2) + "\n", encoding="utf-8"
         )
         p = sim.parameters
         summary = "\n".join(

@@ -49,7 +49,6 @@ dose per frame, ``N_pre`` the pre-exposure)::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -66,12 +65,12 @@ from cryospa.core.fourier import frequency_grid_2d, phase_shift_2d
 from cryospa.core.motion import N_POLYNOMIAL_COEFFS, polynomial_shift
 from cryospa.errors import ParameterError
 from cryospa.io import atomic_folder, check_new_folder
-from cryospa.io.coords import write_coordinates_star
 from cryospa.io.movies import write_mrc_movie, write_tiff_movie
 from cryospa.io.mrc import write_mrc
 from cryospa.io.star import split_optics, write_relion_star, write_star
 from cryospa.sim.atomic import AtomicModelOptions
 from cryospa.sim.micrographs import (
+    COORD_SUFFIX,
     TRUTH_DIR,
     IceModel,
     MicrographLayout,
@@ -84,6 +83,7 @@ from cryospa.sim.micrographs import (
     load_field_maps,
     smooth_random_field,
     truth_tables,
+    write_field_truth,
 )
 from cryospa.sim.particles import TrueMaps
 from cryospa.sim.physics import Microscope, detector_mtf_2d
@@ -106,9 +106,6 @@ PathLike = str | os.PathLike[str]
 MOVIES_DIR = "Movies"
 #: Folder of the true motion STAR files.
 MOTION_DIR = f"{TRUTH_DIR}/motion"
-#: Folder of the true coordinates (``--coord_dir``), suffix ``_true.star``.
-COORDS_DIR = f"{TRUTH_DIR}/coords"
-COORD_SUFFIX = "_true.star"
 #: The tutorial's dose per frame (e/Å²) and number of frames.
 DEFAULT_DOSE_PER_FRAME = 1.277
 DEFAULT_N_FRAMES = 24
@@ -754,7 +751,6 @@ def write_movie_simulation(
     with atomic_folder(target) as tmp:
         (tmp / MOVIES_DIR).mkdir(parents=True)
         (tmp / MOTION_DIR).mkdir(parents=True)
-        (tmp / COORDS_DIR / MOVIES_DIR).mkdir(parents=True)
         write_mrc(tmp / "gain.mrc", sim.gain, voxel_size_angstrom=apix)
         (tmp / "defects.txt").write_text(
             "".join(f"{x} {y} {w} {h}\n" for x, y, w, h in sim.defect_rectangles()),
@@ -772,33 +768,19 @@ def write_movie_simulation(
                 tmp / MOTION_DIR / f"mov{m + 1:03d}.star",
                 sim.motion_star_blocks(m, name, "gain.mrc"),
             )
-            rows = sim.truth[sim.truth["rlnMicrographName"] == sim.micrograph_name(m)]
-            write_coordinates_star(
-                tmp / COORDS_DIR / MOVIES_DIR / f"mov{m + 1:03d}{COORD_SUFFIX}",
-                rows[["rlnCoordinateX", "rlnCoordinateY"]],
-            )
             if progress is not None:
                 progress(1)
         write_relion_star(
             tmp / "movies.star", split_optics(sim.movies_table(suffix, "gain.mrc"), "movies")
         )
-        write_relion_star(
-            tmp / TRUTH_DIR / "micrographs_ctf.star", split_optics(sim.ctf_table, "micrographs")
-        )
-        write_relion_star(
-            tmp / TRUTH_DIR / "particles_true.star", split_optics(sim.truth, "particles")
-        )
-        if len(sim.junk):
-            write_star(tmp / TRUTH_DIR / "junk_true.star", {"particles": sim.junk})
-        for c in range(sim.maps.n_classes):
-            write_mrc(
-                tmp / TRUTH_DIR / f"map_class{c + 1:03d}.mrc",
-                sim.maps.volumes[c].cpu().numpy(),
-                voxel_size_angstrom=apix,
-            )
         parameters = {**sim.parameters(), "movie_format": file_format}
-        (tmp / TRUTH_DIR / "simulation.json").write_text(
-            json.dumps(parameters, indent=2) + "\n", encoding="utf-8"
+        write_field_truth(
+            tmp,
+            ctf_table=sim.ctf_table,
+            truth=sim.truth,
+            junk=sim.junk,
+            maps=sim.maps,
+            parameters=parameters,
         )
         p = parameters
         mic = sim.microscope

@@ -847,6 +847,20 @@ ground_truth/simulation.json
 """
 
 
+def write_maps_and_record(folder: Path, maps: TrueMaps, parameters: dict[str, Any]) -> None:
+    """Write ``ground_truth/map_classNNN.mrc`` and ``ground_truth/simulation.json``."""
+    (folder / TRUTH_DIR).mkdir(parents=True, exist_ok=True)
+    for c in range(maps.n_classes):
+        write_mrc(
+            folder / TRUTH_DIR / f"map_class{c + 1:03d}.mrc",
+            maps.volumes[c].cpu().numpy(),
+            voxel_size_angstrom=maps.pixel_size_angstrom,
+        )
+    (folder / TRUTH_DIR / "simulation.json").write_text(
+        json.dumps(parameters, indent=2) + "\n", encoding="utf-8"
+    )
+
+
 def write_particle_simulation(sim: ParticleSimulation, output_dir: PathLike) -> Path:
     """Write a simulation into a new folder, atomically (a temporary folder renamed at the end).
 
@@ -879,15 +893,7 @@ def write_particle_simulation(sim: ParticleSimulation, output_dir: PathLike) -> 
         write_relion_star(
             tmp / TRUTH_DIR / "particles_true.star", split_optics(sim.truth, "particles")
         )
-        for c in range(sim.maps.n_classes):
-            write_mrc(
-                tmp / TRUTH_DIR / f"map_class{c + 1:03d}.mrc",
-                sim.maps.volumes[c].cpu().numpy(),
-                voxel_size_angstrom=apix,
-            )
-        (tmp / TRUTH_DIR / "simulation.json").write_text(
-            json.dumps(sim.parameters, indent=2) + "\n", encoding="utf-8"
-        )
+        write_maps_and_record(tmp, sim.maps, sim.parameters)
         p = sim.parameters
         summary = "\n".join(
             [
