@@ -25,11 +25,6 @@ from cryospa.project.schema import get_job_type
 from tests.project.helpers import make_movies
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Project:
-    return Project.init(tmp_path / "P")
-
-
 def _run(project: Project, job: str, params: dict[str, object],
          inputs: dict[str, list[str]] | None = None) -> JobRecord:
     record = submit(project, get_job_type(job), params, inputs or {})

@@ -52,6 +52,7 @@ import glob
 import importlib
 import math
 import os
+import pkgutil
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -80,16 +81,17 @@ __all__ = [
     "validate_params",
 ]
 
-#: Modules defining the built-in job types (imported on demand by :func:`load_builtin_jobs`).
-BUILTIN_JOB_MODULES: tuple[str, ...] = (
-    "cryospa.jobs.import_movies",
-    "cryospa.jobs.import_micrographs",
-    "cryospa.jobs.import_particles",
-    "cryospa.jobs.import_coordinates",
-    "cryospa.jobs.import_volume",
-    "cryospa.jobs.import_optics",
-    "cryospa.jobs.sets",
-)
+#: Package whose public modules (names not starting with ``_``) define the built-in job types;
+#: each is imported on demand by :func:`load_builtin_jobs`, so a new job module needs no listing.
+BUILTIN_JOB_PACKAGE = "cryospa.jobs"
+
+
+def builtin_job_modules() -> tuple[str, ...]:
+    """Names of the modules of :data:`BUILTIN_JOB_PACKAGE` (sorted, private ones skipped)."""
+    package = importlib.import_module(BUILTIN_JOB_PACKAGE)
+    names = (m.name for m in pkgutil.iter_modules(package.__path__))
+    return tuple(f"{BUILTIN_JOB_PACKAGE}.{n}" for n in sorted(names) if not n.startswith("_"))
+
 
 #: File stem of the STAR file of each kind of set (``{set}`` in output paths).
 SET_STEMS: dict[NodeType, str] = {
@@ -457,7 +459,7 @@ def register(cls: type[JobType]) -> type[JobType]:
 
 def load_builtin_jobs() -> dict[str, type[JobType]]:
     """Import every built-in job module and return the registry."""
-    for module in BUILTIN_JOB_MODULES:
+    for module in builtin_job_modules():
         importlib.import_module(module)
     return JOB_TYPES
 

@@ -1,15 +1,13 @@
-"""Pictures of results (matplotlib, no display needed): FSC curves and the like."""
+"""FSC curves against spatial frequency, with a resolution axis on top."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+
+from cryospa.plots._figure import plt, save_figure
 
 __all__ = ["plot_fsc"]
 
@@ -45,7 +43,4 @@ def plot_fsc(
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = f"{os.fspath(path)}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
