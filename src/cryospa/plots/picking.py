@@ -1,0 +1,87 @@
+"""Pictures of picked particles: a micrograph with a circle at every pick; picks per micrograph."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from cryospa.plots._figure import plt, save_figure
+
+__all__ = ["plot_picks", "plot_picks_per_micrograph"]
+
+
+def plot_picks(
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    xy: np.ndarray,
+    diameters: np.ndarray | float,
+    *,
+    scale: tuple[float, float] = (1.0, 1.0),
+    title: str = "",
+    others: dict[str, tuple[np.ndarray, str]] | None = None,
+) -> None:
+    """Save a PNG of ``image`` (grey, 1st-99th percentile) with a circle at every pick.
+
+    Parameters
+    ----------
+    path
+        Output PNG.
+    image
+        ``(h, w)`` picture (e.g. the low-passed, down-sampled micrograph).
+    xy
+        ``(n, 2)`` pick centres (x, y) in micrograph pixels.
+    diameters
+        Circle diameters in micrograph pixels, one for all or ``(n,)``.
+    scale
+        ``(sx, sy)`` micrograph pixels per ``image`` pixel (the picture may be down-sampled).
+    title
+        Figure title.
+    others
+        Extra point sets to draw as small markers, ``label -> ((m, 2) xy, colour)`` (e.g. the
+        true positions in a benchmark).
+    """
+    from matplotlib.patches import Circle
+
+    h, w = image.shape
+    sx, sy = scale
+    lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+    size = 7.0
+    fig, ax = plt.subplots(figsize=(size, size * h / w + 0.4), dpi=110)
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1,
+              extent=(-0.5 * sx, (w - 0.5) * sx, (h - 0.5) * sy, -0.5 * sy))
+    d = np.broadcast_to(np.asarray(diameters, dtype=float), (len(xy),))
+    for (x, y), di in zip(np.asarray(xy, dtype=float), d, strict=True):
+        ax.add_patch(Circle((x, y), di / 2, fill=False, color="#ffcc00", lw=0.9))
+    for label, (pts, colour) in (others or {}).items():
+        pts = np.asarray(pts, dtype=float).reshape(-1, 2)
+        ax.plot(pts[:, 0], pts[:, 1], "+", color=colour, ms=6, mew=1.2, label=label)
+    if others:
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
+    ax.set_xlim(-0.5 * sx, (w - 0.5) * sx)
+    ax.set_ylim((h - 0.5) * sy, -0.5 * sy)
+    ax.set_axis_off()
+    ax.set_title(title or f"{len(xy)} picks", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_picks_per_micrograph(
+    path: str | os.PathLike[str], counts: Sequence[int], *, title: str = "picks per micrograph"
+) -> None:
+    """Save a PNG of the number of picks on each micrograph (in input order) and its histogram."""
+    n = np.asarray(counts, dtype=int)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.0, 3.0), dpi=110,
+                                 gridspec_kw={"width_ratios": [2, 1]})
+    a1.plot(np.arange(1, len(n) + 1), n, ".-", lw=0.8, ms=4)
+    a1.set_xlabel("micrograph")
+    a1.set_ylabel("picks")
+    a1.grid(alpha=0.3)
+    a2.hist(n, bins=min(30, max(1, len(n))), color="#4477aa")
+    a2.set_xlabel("picks per micrograph")
+    a2.set_ylabel("micrographs")
+    fig.suptitle(f"{title}: {int(n.sum())} in total, mean {n.mean():.1f}" if len(n) else title,
+                 fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
