@@ -143,7 +143,7 @@ def test_import_coordinates(project: Project) -> None:
     table = next(iter(coords.values()))
     assert table["rlnCoordinateX"].tolist() == [10.0, 21.0]
     # RELION 3.1 finds them with --coord_dir <job>/ --coord_suffix _coords.star
-    assert (project.root / rec.dir / "Import/job001/Micrographs/mic001_coords.star").is_file()
+    assert (project.root / rec.dir / "Micrographs/mic001_coords.star").is_file()  # as RELION
     with pytest.raises(InputFileError, match="matches a micrograph"):
         (project.root / "Other").mkdir()
         write_box(project.root / "Other" / "zzz.box", df, box_size=8)

@@ -18,7 +18,7 @@ from cryospa.errors import ParameterError
 from cryospa.io.coords import read_coordinates
 from cryospa.io.mrc import write_mrc
 from cryospa.io.star import read_relion_star, read_star
-from cryospa.jobs.pick_log import coordinate_file_name
+from cryospa.jobs._coords import coordinate_file_name
 from cryospa.project.project import JobRecord, Project
 from cryospa.project.runner import stop_job, submit
 from cryospa.project.schema import RunOptions, get_job_type
@@ -86,9 +86,10 @@ def scores(project: Project, job: JobRecord, sim: Path) -> dict[str, float]:
 
 
 def test_coordinate_file_name_as_relion() -> None:
-    assert coordinate_file_name("MotionCorr/job002/Movies/m1.mrc") == "Movies/m1_autopick.star"
-    assert coordinate_file_name("Import/job001/Mics/a/b.mrc") == "Mics/a/b_autopick.star"
-    assert coordinate_file_name("Mics/mic1.mrc") == "Mics/mic1_autopick.star"
+    s = "_autopick.star"
+    assert coordinate_file_name("MotionCorr/job002/Movies/m1.mrc", s) == "Movies/m1_autopick.star"
+    assert coordinate_file_name("Import/job001/Mics/a/b.mrc", s) == "Mics/a/b_autopick.star"
+    assert coordinate_file_name("Mics/mic1.mrc", s) == "Mics/mic1_autopick.star"
     assert coordinate_file_name("/data/job12/x.mrc", "_s.star") == "data/job12/x_s.star"
 
 

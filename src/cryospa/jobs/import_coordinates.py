@@ -4,8 +4,9 @@ Each coordinate file is matched to the micrograph of the input MicrographSet who
 (without extension) starts its own name (``mic012_autopick.star`` and ``mic012.box`` go with
 ``.../mic012.mrc``; the longest match wins). Per file (one item each) the coordinates are
 written as a RELION coordinate STAR file laid out as RELION 3.1 extraction looks for them:
-``<job>/<micrograph path without extension>_coords.star`` (``--coord_dir <job>/
---coord_suffix _coords.star``). ``coordinates.star`` lists micrograph -> coordinate file
+``<job>/<micrograph path without extension, less its leading <Type>/jobNNN/>_coords.star``
+(``--coord_dir <job>/ --coord_suffix _coords.star``). ``coordinates.star`` lists micrograph ->
+coordinate file
 (``rlnMicrographName``, ``rlnMicrographCoordinates``, as RELION 4 writes it).
 """
 
@@ -21,6 +22,7 @@ from cryospa.errors import InputFileError
 from cryospa.io._files import write_text_atomic
 from cryospa.io.coords import read_coordinates, write_coordinates_star
 from cryospa.io.star import read_relion_star, write_star
+from cryospa.jobs._coords import coordinate_file_name
 from cryospa.jobs._importing import SETTLE_PARAM, list_pattern, stable_files
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
@@ -122,7 +124,7 @@ class ImportCoordinates(PerItemJob):
             raise InputFileError(key, "matches no micrograph of the input set")
         df = read_coordinates(ctx.abs(key))
         keep = [c for c in df.columns if c.startswith("rln")]
-        rel = Path(mic).with_suffix("").as_posix() + SUFFIX
+        rel = coordinate_file_name(mic, SUFFIX)
         out = ctx.path(*Path(rel).parts)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_coordinates_star(out, df[keep])

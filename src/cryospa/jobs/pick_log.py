@@ -30,7 +30,6 @@ An unreadable micrograph is a failed item (logged and counted; the others finish
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,6 +42,7 @@ from cryospa.io._files import write_text_atomic
 from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import read_mrc
 from cryospa.io.star import pixel_size_angstrom, read_relion_star, write_star
+from cryospa.jobs._coords import coordinate_file_name
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
     Input,
@@ -55,31 +55,12 @@ from cryospa.project.schema import (
     register,
 )
 
-__all__ = ["PickLog", "coordinate_file_name"]
+__all__ = ["PickLog"]
 
 _DESCRIPTION = __doc__ or ""
 
 #: Suffix of the per-micrograph coordinate files (RELION's ``--pickname autopick``).
 SUFFIX = "_autopick.star"
-
-_JOB_FOLDER = re.compile(r"job\d{3}")
-
-
-def coordinate_file_name(micrograph: str, suffix: str = SUFFIX) -> str:
-    """Where RELION puts (and looks for) a micrograph's coordinate file, relative to the job.
-
-    RELION (``decomposePipelineFileName``) drops everything up to and including the first
-    ``jobNNN/`` folder of the micrograph's path: ``MotionCorr/job002/Movies/mic1.mrc`` ->
-    ``Movies/mic1_autopick.star``; a path without one is kept whole (``Mics/mic1.mrc`` ->
-    ``Mics/mic1_autopick.star``).
-    """
-    parts = [p for p in PurePosixPath(micrograph).parts if p != "/"]
-    for i in range(1, len(parts) - 1):
-        if _JOB_FOLDER.match(parts[i]):
-            parts = parts[i + 1 :]
-            break
-    return str(PurePosixPath(*parts).with_suffix("")) + suffix
-
 
 def _micrographs(ctx: JobContext) -> dict[str, tuple[int, float]]:
     """Micrograph name -> (index in the input set, pixel size in Å); {} before the set exists."""
@@ -217,7 +198,7 @@ class PickLog(PerItemJob):
             "rlnClassNumber": np.zeros(n, dtype=np.int64),
             "rlnAnglePsi": np.zeros(n),
         })
-        rel = coordinate_file_name(key)
+        rel = coordinate_file_name(key, SUFFIX)
         out = ctx.path(*PurePosixPath(rel).parts)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_coordinates_star(out, table)
