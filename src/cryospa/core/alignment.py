@@ -93,6 +93,10 @@ class AccumulatedMotion:
     late: float
 
 
+#: After two iterations, the integer peak search is skipped while the largest update stays below
+#: this (pixels): the sub-pixel refinement covers +-0.6 px around the current estimate.
+_SEARCH_UPDATE_PX = 0.3
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 
@@ -149,13 +153,14 @@ def _refine_peaks(
     start: torch.Tensor,
     shape: tuple[int, int],
     levels: int = 2,
-    half_width: int = 10,
+    half_width: int = 6,
 ) -> torch.Tensor:
     """Refine integer peaks of ``irfft2(cross)`` by Fourier interpolation on finer grids.
 
     ``cross`` is ``(B, h, w // 2 + 1)`` complex, ``start`` the ``(B, 2)`` (x, y) peaks. Each level
-    evaluates the band-limited correlation exactly (matrix DFT) on a ``(2 half_width + 1)^2``
-    grid of step ``10^-level`` px around the current best and keeps the maximum; a parabola
+    evaluates the band-limited correlation exactly (matrix DFT, complex64) on a
+    ``(2 half_width + 1)^2`` grid of step ``10^-level`` px around the current best (+-0.6 px, then
+    +-0.06 px: a little more than the previous step's uncertainty) and keeps the maximum; a parabola
     through the maximum and its neighbours along each axis of the last grid gives the final
     position (its error is far below the last step, on which the peak is smooth).
     """
@@ -163,23 +168,27 @@ def _refine_peaks(
     dev = cross.device
     ky = torch.fft.fftfreq(h, device=dev, dtype=torch.float64)
     kx = torch.fft.rfftfreq(w, device=dev, dtype=torch.float64)
+    # phases 2 pi k x are formed in float64 (x up to hundreds of px), the products in complex64
     # the rfft half-plane counts twice except the kx = 0 and Nyquist columns
     col = torch.full_like(kx, 2.0)
     col[0] = 1.0
     if w % 2 == 0:
         col[-1] = 1.0
-    c = cross.to(torch.complex128) * col
+    c = cross.to(torch.complex64) * col.to(torch.float32)
     best = start.to(torch.float64).clone()
     offsets = torch.arange(-half_width, half_width + 1, device=dev, dtype=torch.float64)
     n = offsets.numel()
     batch = torch.arange(c.shape[0], device=dev)
+    ones_y = torch.ones((c.shape[0], n, h), dtype=torch.float64, device=dev)
+    ones_x = torch.ones((c.shape[0], kx.numel(), n), dtype=torch.float64, device=dev)
     step = 1.0
     for level in range(levels):
         step /= 10.0
         xs = best[:, 0, None] + offsets * step  # (B, n)
         ys = best[:, 1, None] + offsets * step
-        ey = torch.exp(2j * math.pi * ys[:, :, None] * ky[None, None, :])  # (B, n, h)
-        ex = torch.exp(2j * math.pi * kx[None, :, None] * xs[:, None, :])  # (B, wh, n)
+        ey = torch.polar(ones_y, (2 * math.pi) * torch.remainder(ys[:, :, None] * ky, 1.0))
+        ex = torch.polar(ones_x, (2 * math.pi) * torch.remainder(kx[:, None] * xs[:, None, :], 1.0))
+        ey, ex = ey.to(torch.complex64), ex.to(torch.complex64)  # (B, n, h), (B, wh, n)
         values = torch.bmm(torch.bmm(ey, c), ex).real  # (B, n_y, n_x)
         flat = values.reshape(values.shape[0], -1).argmax(dim=1)
         j, i = flat // n, flat % n
@@ -293,6 +302,8 @@ def align_global(
     n_done = 0
     for iteration in range(1, max_iterations + 1):
         n_done = iteration
+        # integer peak search (an inverse FFT per frame) while shifts may still jump by pixels
+        search = iteration <= 2 or update > _SEARCH_UPDATE_PX
         ramps = phase_shift_2d((ch, cw), shifts.to(torch.float32))
         total = (data * ramps).sum(dim=0)
         deltas = torch.empty_like(shifts)
@@ -300,7 +311,10 @@ def align_global(
             aligned = data[start : start + batch_size] * ramps[start : start + batch_size]
             # CC(d) = sum_p R(p) A(p - d): peak at d where the frame must move by +d
             cross = (total[None] - aligned) * aligned.conj() * weight
-            peaks = _find_peaks(cross, (ch, cw), max_crop)
+            if search:
+                peaks = _find_peaks(cross, (ch, cw), max_crop)
+            else:  # the estimate moves by well under a pixel: refine around it directly
+                peaks = torch.zeros((cross.shape[0], 2), dtype=torch.float64, device=dev)
             deltas[start : start + batch_size] = _refine_peaks(cross, peaks, (ch, cw))
         shifts = shifts + deltas
         update = float((deltas * scale).norm(dim=1).max())
