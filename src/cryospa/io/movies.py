@@ -31,9 +31,13 @@ from cryospa.io._files import atomic_output, require_file
 from cryospa.io.mrc import ImageStack, _write_array, read_mrc
 
 __all__ = [
+    "GAIN_ORIENTATIONS",
     "MovieReader",
     "apply_gain",
+    "compose_gain_orientations",
     "correct_defects",
+    "detect_hot_pixels",
+    "gain_orientation_scores",
     "open_movie",
     "read_defects",
     "read_gain",
@@ -612,3 +616,165 @@ def correct_defects(
     if ys.size:
         out[ys, xs] = f[~m].mean()
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Gain orientation and hot pixels
+# --------------------------------------------------------------------------------------
+
+#: The 8 distinct orientations of an image as RELION ``(--gain_rot, --gain_flip)`` pairs
+#: (:func:`transform_gain`); the other 4 pairs repeat them (e.g. ``(2, 2)`` = ``(0, 1)``).
+GAIN_ORIENTATIONS: tuple[tuple[int, int], ...] = (
+    (0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1), (0, 2), (1, 2),
+)
+
+
+def compose_gain_orientations(first: tuple[int, int], then: tuple[int, int]) -> tuple[int, int]:
+    """The single ``(rotation, flip)`` doing ``first``, then ``then`` (:func:`transform_gain`).
+
+    Used to express a correction of an already rotated / flipped gain as the options of the
+    original file: ``transform_gain(transform_gain(g, *first), *then)`` equals
+    ``transform_gain(g, *result)``, with ``result`` taken from :data:`GAIN_ORIENTATIONS`.
+    """
+    probe = np.arange(6).reshape(2, 3)  # non-square, distinct values: tells all 8 apart
+    target = transform_gain(
+        transform_gain(probe, rotation=first[0], flip=first[1]), rotation=then[0], flip=then[1]
+    )
+    for rotation, flip in GAIN_ORIENTATIONS:
+        candidate = transform_gain(probe, rotation=rotation, flip=flip)
+        if candidate.shape == target.shape and np.array_equal(candidate, target):
+            return rotation, flip
+    raise AssertionError("the 8 orientations form a group")  # pragma: no cover
+
+
+def _box_mean(image: np.ndarray, weight: np.ndarray, half: int) -> np.ndarray:
+    """Weighted mean of ``image`` over ``(2 half + 1)^2`` windows (edges: the pixels inside)."""
+    size = 2 * half + 1
+
+    def box_sum(x: np.ndarray) -> np.ndarray:
+        c = np.cumsum(np.pad(x, ((half + 1, half), (0, 0))), axis=0)
+        x = c[size:] - c[:-size]
+        c = np.cumsum(np.pad(x, ((0, 0), (half + 1, half))), axis=1)
+        return c[:, size:] - c[:, :-size]
+
+    w = weight.astype(np.float64)
+    return box_sum(image * w) / np.maximum(box_sum(w), 1e-12)
+
+
+def _high_pass(image: np.ndarray, good: np.ndarray, half: int = 4) -> np.ndarray:
+    """``image`` minus its local mean over good pixels, 0 at bad pixels."""
+    out = image - _box_mean(np.where(good, image, 0.0), good, half)
+    return np.where(good, out, 0.0)
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    """Standard deviation from the median absolute deviation (std if the MAD is 0)."""
+    if values.size == 0:
+        return 0.0
+    mad = float(np.median(np.abs(values - np.median(values))))
+    return 1.4826 * mad if mad > 0 else float(values.std())
+
+
+def gain_orientation_scores(
+    frame_mean: np.ndarray, gain: np.ndarray, *, mask: np.ndarray | None = None
+) -> dict[tuple[int, int], float]:
+    """How well the raw frames fit ``1 / gain`` under each orientation of the gain.
+
+    A counting detector's raw frames are the electrons divided by the gain (RELION's gain is
+    multiplied onto them), so the mean raw frame carries the gain's pixel-to-pixel pattern as
+    ``1 / gain``. For every orientation of :data:`GAIN_ORIENTATIONS` whose shape matches the
+    frames, the Pearson correlation of the high-passed mean frame with the high-passed
+    ``1 / gain`` is computed (local means over 9 x 9 pixels removed, so smooth illumination or
+    ice variations do not count; pixels of ``mask``, without counts, with a gain <= 0 or more
+    than 8 robust standard deviations off are left out). The high-pass filter commutes with
+    the rotations and flips, so it is applied once to each image.
+
+    Parameters
+    ----------
+    frame_mean : np.ndarray
+        ``(h, w)`` mean of raw (not gain-corrected) frames.
+    gain : np.ndarray
+        The gain as it would be applied (after any rotation / flip already made).
+    mask : np.ndarray, optional
+        bool ``(h, w)``, True at known defects.
+
+    Returns
+    -------
+    dict
+        ``(rotation, flip)`` applied to ``gain`` (:func:`transform_gain`) to correlation; only
+        orientations whose shape matches the frames appear (none: no orientation fits).
+    """
+    raw = np.asarray(frame_mean, dtype=np.float64)
+    g = np.asarray(gain, dtype=np.float64)
+    shapes = {
+        o: transform_gain(np.empty(g.shape, dtype=bool), rotation=o[0], flip=o[1]).shape
+        for o in GAIN_ORIENTATIONS
+    }
+    fitting = [o for o in GAIN_ORIENTATIONS if shapes[o] == raw.shape]
+    scores: dict[tuple[int, int], float] = {}
+    raw_good = (raw > 0) & np.isfinite(raw)
+    if mask is not None:
+        raw_good &= ~np.asarray(mask, dtype=bool)
+    gain_good = (g > 0) & np.isfinite(g)
+    if not fitting or raw_good.sum() < 16 or gain_good.sum() < 16:
+        return scores
+    hp_raw = _high_pass(raw, raw_good)
+    hp_inv = _high_pass(np.where(gain_good, 1.0 / np.where(gain_good, g, 1.0), 0.0), gain_good)
+    for values, good in ((hp_raw, raw_good), (hp_inv, gain_good)):
+        sigma = _robust_sigma(values[good])
+        if sigma > 0:
+            good &= np.abs(values) <= 8 * sigma
+    for rotation, flip in fitting:
+        inv = transform_gain(hp_inv, rotation=rotation, flip=flip)
+        good = raw_good & transform_gain(gain_good, rotation=rotation, flip=flip)
+        a = hp_raw[good]
+        b = inv[good]
+        a = a - a.mean()
+        b = b - b.mean()
+        norm = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+        scores[(rotation, flip)] = float(np.dot(a, b) / norm) if norm > 0 else 0.0
+    return scores
+
+
+def detect_hot_pixels(
+    total: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    n_sigma: float = 6.0,
+    half_window: int = 8,
+) -> np.ndarray:
+    """Hot pixels of a gain-corrected movie sum: far above their local mean.
+
+    A pixel is hot when ``total - local mean > n_sigma * sigma``, with the local mean over the
+    good pixels of a ``(2 half_window + 1)^2`` window and ``sigma`` the robust (median absolute
+    deviation) standard deviation of ``total - local mean`` over the image. RELION
+    (``MotioncorrRunner``) flags pixels of the unaligned sum above ``mean + 6 std`` of the whole
+    sum; the local mean keeps the test valid under uneven illumination and ice.
+
+    Parameters
+    ----------
+    total : np.ndarray
+        ``(h, w)`` sum of gain-corrected frames.
+    mask : np.ndarray, optional
+        bool ``(h, w)``: known defects, left out of the statistics and never reported.
+    n_sigma : float
+        Threshold in standard deviations.
+    half_window : int
+        Half side of the local-mean window (pixels).
+
+    Returns
+    -------
+    np.ndarray
+        bool ``(h, w)``, True at the hot pixels found.
+    """
+    x = np.asarray(total, dtype=np.float64)
+    good = np.isfinite(x)
+    if mask is not None:
+        good &= ~np.asarray(mask, dtype=bool)
+    if good.sum() < 16:
+        return np.zeros(x.shape, dtype=bool)
+    residual = x - _box_mean(np.where(good, x, 0.0), good, half_window)
+    sigma = _robust_sigma(residual[good])
+    if not sigma > 0:
+        return np.zeros(x.shape, dtype=bool)
+    return good & (residual > float(n_sigma) * sigma)
