@@ -108,3 +108,30 @@ def test_batched_grid_friedel_and_device(device: str) -> None:
     )
     assert r.shape == (2, 64, 33)
     assert torch.allclose(r[..., :32], c[..., :32], atol=1e-6)  # column 32: +1/2 vs -1/2
+
+
+def test_intact_until_first_peak() -> None:
+    """RELION's --ctf_intact_first_peak: 1 up to the first maximum of |CTF|, unchanged after."""
+    k = torch.linspace(0.0, 0.25, 2001, dtype=torch.float64)[None, :]  # (1, K) 1/Å, one ray
+    zero = torch.zeros_like(k)
+    params = dict(defocus_u_angstrom=15000.0, defocus_v_angstrom=15000.0, voltage_kv=300.0,
+                  spherical_aberration_mm=2.7, amplitude_contrast=0.1, bfactor_angstrom2=40.0)
+    plain = ctf_2d(k, zero, **params)[0]
+    intact = ctf_2d(k, zero, intact_until_first_peak=True, **params)[0]
+    envelope = torch.exp(-40.0 * k[0] ** 2 / 4.0)
+    peak = int(torch.argmax((torch.diff(plain / envelope) < 0).to(torch.int64)))  # first max
+    assert 300 < peak < 340  # 0.04 1/Å: sqrt(1 / (2 lambda defocus)) at 300 kV, 1.5 µm
+    torch.testing.assert_close(intact[:peak - 1], envelope[:peak - 1])
+    torch.testing.assert_close(intact[peak + 2 :], plain[peak + 2 :])
+    # on a 2D astigmatic grid the CTF is 1 at the origin and below |CTF| elsewhere only
+    # where it was replaced
+    grid = ctf_2d_on_grid((64, 64), 2.0, defocus_u_angstrom=20000.0, defocus_v_angstrom=15000.0,
+                          astigmatism_angle_degrees=30.0, voltage_kv=300.0,
+                          spherical_aberration_mm=2.7, amplitude_contrast=0.1,
+                          intact_until_first_peak=True)
+    assert float(grid[0, 0]) == 1.0
+    changed = grid != ctf_2d_on_grid((64, 64), 2.0, defocus_u_angstrom=20000.0,
+                                     defocus_v_angstrom=15000.0, astigmatism_angle_degrees=30.0,
+                                     voltage_kv=300.0, spherical_aberration_mm=2.7,
+                                     amplitude_contrast=0.1)
+    assert bool((grid[changed] == 1.0).all()) and 0 < int(changed.sum()) < grid.numel() // 4

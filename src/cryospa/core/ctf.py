@@ -18,6 +18,7 @@ RELION (``CTF = -sin(-chi)``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -57,6 +58,7 @@ def ctf_2d(
     phase_shift_degrees: float | torch.Tensor = 0.0,
     bfactor_angstrom2: float | torch.Tensor = 0.0,
     scale: float | torch.Tensor = 1.0,
+    intact_until_first_peak: bool = False,
 ) -> torch.Tensor:
     """CTF at given 2D spatial frequencies.
 
@@ -70,6 +72,9 @@ def ctf_2d(
         ``(..., 1, 1)`` against the frequency grid.
     voltage_kv, spherical_aberration_mm, amplitude_contrast
         Microscope constants (floats or ``(...)`` tensors).
+    intact_until_first_peak
+        Set the CTF to 1 (before the envelope and scale) where ``|chi| < pi / 2``, i.e. below
+        its first peak, as RELION's ``--ctf_intact_first_peak``.
 
     Returns
     -------
@@ -98,6 +103,8 @@ def ctf_2d(
         + torch.atan(w / torch.sqrt(1.0 - w * w))
     )
     out = torch.sin(chi)
+    if intact_until_first_peak:
+        out = torch.where(chi.abs() < 0.5 * math.pi, torch.ones_like(out), out)
     bf = b(bfactor_angstrom2)
     if bool(torch.any(bf != 0)):
         out = out * torch.exp(-bf * k2 / 4.0)
@@ -111,7 +118,7 @@ def ctf_2d_on_grid(
     rfft: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-    **ctf_params: float | torch.Tensor,
+    **ctf_params: Any,
 ) -> torch.Tensor:
     """CTF sampled on the (r)fft grid of an ``(h, w)`` image, DC at index 0.
 

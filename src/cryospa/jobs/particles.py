@@ -83,8 +83,13 @@ class ParticleSet:
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        intact_until_first_peak: bool = False,
     ) -> torch.Tensor:
-        """``(b, n, n // 2 + 1)`` CTFs on the rfft grid of the images (RELION convention)."""
+        """``(b, n, n // 2 + 1)`` CTFs on the rfft grid of the images (RELION convention).
+
+        ``intact_until_first_peak``: 1 below the first peak (RELION's
+        ``--ctf_intact_first_peak``).
+        """
         self.require(CTF_COLUMNS + OPTICS_CTF_COLUMNS, why="for --ctf")
         rows = self._select(index)
 
@@ -110,6 +115,7 @@ class ParticleSet:
             phase_shift_degrees=col("rlnPhaseShift", 0.0),
             bfactor_angstrom2=col("rlnCtfBfactor", 0.0),
             scale=col("rlnCtfScalefactor", 1.0),
+            intact_until_first_peak=intact_until_first_peak,
         )
 
     def images(self, index: np.ndarray | slice | None = None) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""Gallery of 2D class averages, largest class first."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from cryospa.plots._figure import plt, save_figure
+
+__all__ = ["class_gallery", "gallery_order"]
+
+
+def gallery_order(fractions: np.ndarray) -> np.ndarray:
+    """Class indices (0-based) from the largest class to the smallest (ties: lower number first)."""
+    f = np.asarray(fractions, dtype=np.float64)
+    return np.lexsort((np.arange(f.size), -f))
+
+
+def class_gallery(
+    images: np.ndarray,
+    fractions: np.ndarray,
+    resolutions_angstrom: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    columns: int = 0,
+) -> np.ndarray:
+    """Save a grid of class averages sorted by class size, each labelled.
+
+    Parameters
+    ----------
+    images
+        ``(K, n, n)`` class averages.
+    fractions
+        ``(K,)`` class distribution (fraction of the particles).
+    resolutions_angstrom
+        ``(K,)`` estimated resolution of each class (999: none).
+    path
+        Output picture (PNG), written atomically.
+    title
+        Figure title.
+    columns
+        Images per row (0: about square).
+
+    Returns
+    -------
+    np.ndarray
+        The order shown (0-based class indices).
+    """
+    k = int(images.shape[0])
+    order = gallery_order(fractions)
+    cols = columns if columns > 0 else max(1, math.ceil(math.sqrt(k)))
+    rows = max(1, math.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.75 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for slot, cls in enumerate(order):
+        ax = axes.flat[slot]
+        img = np.asarray(images[cls], dtype=np.float64)
+        lo, hi = np.percentile(img, [1, 99.5]) if np.ptp(img) > 0 else (0.0, 1.0)
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
+        res = float(resolutions_angstrom[cls])
+        res_text = f"{res:.1f} Å" if res < 999 else "-"
+        ax.set_title(f"#{cls + 1}  {100 * float(fractions[cls]):.1f} %\n{res_text}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    return order
