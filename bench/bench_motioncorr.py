@@ -9,14 +9,16 @@ corrects them four ways, each in its own process:
 * RELION's own CPU implementation, global (``--patch_x 1 --patch_y 1``);
 * RELION, 5 x 5 patches (``--patch_x 5 --patch_y 5``);
 
-all with gain, defect file, dose weighting, B-factor 150, on ``--threads`` threads, and prints
-wall time per movie, peak memory (max RSS of the process), the RMS error of the per-frame
-global shifts against the truth (after removing a constant offset per movie, in movie pixels)
-and, for patch runs, the RMS error of the total (global + local) shift at the 5 x 5 patch
-centres against the true polynomial motion. Usage::
+all with gain, defect file, dose weighting (and the non-dose-weighted sum), B-factor 150, on
+``--threads`` threads, and prints wall time per movie, peak memory (max RSS of the process, and
+as a multiple of the float32 movie), the RMS error of the per-frame global shifts against the
+truth (after removing a constant offset per movie, in movie pixels) and, for patch runs, the
+RMS error of the total (global + local) shift at the 5 x 5 patch centres against the true
+polynomial motion. ``--big`` does the same on a detector-sized movie (4096 x 4096 px x 40
+frames, as K2 / K3 counting movies; simulated, or ``--data``). Usage::
 
     python bench/bench_motioncorr.py [--n_movies 2] [--threads 2] [--data SIM_FOLDER]
-                                     [--skip-relion] [--skip-patches]
+                                     [--big] [--skip-relion] [--skip-patches]
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from cryospa.core.motion import polynomial_shift
 from cryospa.io.star import read_star
 
 SHIFTS = ["rlnMicrographShiftX", "rlnMicrographShiftY"]
+#: ``--big``: a K2 / K3-sized movie (4096 x 4096 px, 40 frames; 2.7 GB as float32)
+BIG_SIZE, BIG_FRAMES = 4096, 40
 
 
 @dataclass
@@ -96,91 +100,116 @@ def _errors(motion_dir: Path, truth_dir: Path, names: list[str]) -> tuple[float,
     return float(np.mean(global_errors)), (float(np.mean(local_errors)) if local_errors else None)
 
 
+def _simulate(out: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
+    cmd = ["cryospa", "simulate", "--preset", "tutorial", "--n_micrographs", str(args.n_movies),
+           "--o", str(out), "--j", str(args.threads)]
+    if args.big:
+        cmd += ["--mic_size", str(BIG_SIZE), "--n_frames", str(BIG_FRAMES)]
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def _bench(sim: Path, tmp: Path, args: argparse.Namespace, env: dict[str, str]) -> list[Run]:
+    """Correct the movies of ``sim`` with cryospa (and RELION); one :class:`Run` per mode."""
+    import json
+
+    runs: list[Run] = []
+    truth = sim / "ground_truth/motion"
+    names = sorted(p.stem for p in truth.glob("*.star"))
+    n = len(names)
+    params = json.loads((sim / "ground_truth/simulation.json").read_text())
+    apix = params["pixel_size_angstrom"]
+    kv = params["microscope"]["voltage_kv"]
+    dose = params["dose_per_frame_e_per_a2"]
+
+    # cryospa: one project, import once, then each mode as its own job (own process)
+    project = tmp / "P"
+    subprocess.run(["cryospa", "init", str(project)], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    (project / "Raw").symlink_to(sim)
+    subprocess.run(["cryospa", "import", "movies", "--movies", "Raw/Movies/*.tiff",
+                    "--angpix", str(apix), "--kv", str(kv), "--cs",
+                    str(params["microscope"]["cs_mm"]), "--q0",
+                    str(params["microscope"]["amplitude_contrast"]), "--dose-per-frame",
+                    str(dose), "--gain", "Raw/gain.mrc", "--defects", "Raw/defects.txt"],
+                   check=True, cwd=project, env=env, stdout=subprocess.DEVNULL)
+    modes = [("global", ["--patches_x", "1", "--patches_y", "1"])]
+    if not args.skip_patches:
+        modes.append(("5 x 5 patches", ["--patches_x", "5", "--patches_y", "5"]))
+    for job, (mode, options) in enumerate(modes, start=2):
+        wall, peak = _run(["cryospa", "motioncorr", "--movies", "job001", *options,
+                           "--save_noDW", "--device", "cpu"], project, env)
+        g, loc = _errors(project / f"MotionCorr/job{job:03d}/Movies", truth, names)
+        runs.append(Run("cryospa", mode, wall, peak, n, g, loc))
+        print(f"cryospa {mode}: {wall:.1f} s, {peak:.0f} MB", file=sys.stderr, flush=True)
+
+    if not args.skip_relion and shutil.which("relion_run_motioncorr"):
+        work = tmp / "relion"
+        work.mkdir()
+        for name in ("movies.star", "Movies", "gain.mrc", "defects.txt"):
+            (work / name).symlink_to(sim / name)
+        common = ["relion_run_motioncorr", "--i", "movies.star", "--use_own", "--j",
+                  str(args.threads), "--dose_weighting", "--save_noDW", "--dose_per_frame",
+                  str(dose), "--preexposure", "0", "--gainref", "gain.mrc", "--defect_file",
+                  "defects.txt", "--bfactor", "150", "--angpix", str(apix), "--voltage",
+                  str(kv)]
+        relion_modes = [("global", "G", "1")]
+        if not args.skip_patches:
+            relion_modes.append(("5 x 5 patches", "L", "5"))
+        for mode, out, p in relion_modes:
+            wall, peak = _run([*common, "--o", f"{out}/", "--patch_x", p, "--patch_y", p],
+                              work, env)
+            g, loc = _errors(work / out / "Movies", truth, names)
+            runs.append(Run("RELION 3.1 --use_own", mode, wall, peak, n, g, loc))
+            print(f"RELION {mode}: {wall:.1f} s, {peak:.0f} MB", file=sys.stderr, flush=True)
+    return runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n_movies", type=int, default=2)
+    parser.add_argument("--n_movies", type=int, default=None,
+                        help="movies to simulate (default 2; 1 with --big)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", default=None,
-                        help="an existing `cryospa simulate --preset tutorial` folder")
+                        help="an existing `cryospa simulate --preset tutorial` folder (with "
+                        "--big: one of 4096 x 4096 px x 40 frames)")
+    parser.add_argument("--big", action="store_true",
+                        help=f"detector-size movies: {BIG_SIZE} x {BIG_SIZE} px x {BIG_FRAMES} "
+                        "frames (simulating one takes about 6 min and 4.5 GB)")
     parser.add_argument("--skip-relion", action="store_true")
     parser.add_argument("--skip-patches", action="store_true")
     args = parser.parse_args()
+    if args.n_movies is None:
+        args.n_movies = 1 if args.big else 2
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMPI_ALLOW_RUN_AS_ROOT="1",
                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    runs: list[Run] = []
+    import json
+
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.data:
             sim = Path(args.data).resolve()
         else:
             sim = tmp / "sim"
-            subprocess.run(["cryospa", "simulate", "--preset", "tutorial", "--n_micrographs",
-                            str(args.n_movies), "--o", str(sim)], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
-        truth = sim / "ground_truth/motion"
-        names = sorted(p.stem for p in truth.glob("*.star"))
-        n = len(names)
-        import json
-
+            _simulate(sim, args, env)
         params = json.loads((sim / "ground_truth/simulation.json").read_text())
-        apix = params["pixel_size_angstrom"]
-        kv = params["microscope"]["voltage_kv"]
-        dose = params["dose_per_frame_e_per_a2"]
+        runs = _bench(sim, tmp, args, env)
 
-        # cryospa: one project, import once, then each mode as its own job (own process)
-        project = tmp / "P"
-        subprocess.run(["cryospa", "init", str(project)], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        (project / "Raw").symlink_to(sim)
-        subprocess.run(["cryospa", "import", "movies", "--movies", "Raw/Movies/*.tiff",
-                        "--angpix", str(apix), "--kv", str(kv), "--cs",
-                        str(params["microscope"]["cs_mm"]), "--q0",
-                        str(params["microscope"]["amplitude_contrast"]), "--dose-per-frame",
-                        str(dose), "--gain", "Raw/gain.mrc", "--defects", "Raw/defects.txt"],
-                       check=True, cwd=project, env=env, stdout=subprocess.DEVNULL)
-        modes = [("global", ["--patches_x", "1", "--patches_y", "1"])]
-        if not args.skip_patches:
-            modes.append(("5 x 5 patches", ["--patches_x", "5", "--patches_y", "5"]))
-        for job, (mode, options) in enumerate(modes, start=2):
-            wall, peak = _run(["cryospa", "motioncorr", "--movies", "job001", *options,
-                               "--device", "cpu"], project, env)
-            g, loc = _errors(project / f"MotionCorr/job{job:03d}/Movies", truth, names)
-            runs.append(Run("cryospa", mode, wall, peak, n, g, loc))
-            print(f"cryospa {mode}: {wall:.1f} s, {peak:.0f} MB", file=sys.stderr, flush=True)
-
-        if not args.skip_relion and shutil.which("relion_run_motioncorr"):
-            work = tmp / "relion"
-            work.mkdir()
-            for name in ("movies.star", "Movies", "gain.mrc", "defects.txt"):
-                (work / name).symlink_to(sim / name)
-            common = ["relion_run_motioncorr", "--i", "movies.star", "--use_own", "--j",
-                      str(args.threads), "--dose_weighting", "--dose_per_frame", str(dose),
-                      "--preexposure", "0", "--gainref", "gain.mrc", "--defect_file",
-                      "defects.txt", "--bfactor", "150", "--angpix", str(apix), "--voltage",
-                      str(kv)]
-            relion_modes = [("global", "G", "1")]
-            if not args.skip_patches:
-                relion_modes.append(("5 x 5 patches", "L", "5"))
-            for mode, out, p in relion_modes:
-                wall, peak = _run([*common, "--o", f"{out}/", "--patch_x", p, "--patch_y", p],
-                                  work, env)
-                g, loc = _errors(work / out / "Movies", truth, names)
-                runs.append(Run("RELION 3.1 --use_own", mode, wall, peak, n, g, loc))
-                print(f"RELION {mode}: {wall:.1f} s, {peak:.0f} MB", file=sys.stderr,
-                      flush=True)
-
+    w, h = params["micrograph_size_px"][:2]
+    n_frames = params["n_frames"]
+    movie_mb = w * h * n_frames * 4 / 2**20
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads; Python {sys.version.split()[0]}")
-    print(f"Data: {n} simulated movies, {params['micrograph_size_px'][0]} x "
-          f"{params['micrograph_size_px'][1]} px x {params['n_frames']} frames, {apix} Å/px, "
-          f"{dose} e/Å² per frame, gain + defects\n")
-    print("| program | alignment | wall time per movie | peak memory | global shift error "
-          "(RMS, px) | shift error at 5 x 5 patch centres (RMS, px) |")
+    print(f"Data: {runs[0].n_movies} simulated movie(s), {w} x {h} px x {n_frames} frames "
+          f"(float32: {movie_mb:.0f} MB), {params['pixel_size_angstrom']} Å/px, "
+          f"{params['dose_per_frame_e_per_a2']} e/Å² per frame, gain + defects; dose-weighted "
+          "and non-dose-weighted sums, power spectra\n")
+    print("| program | alignment | wall time per movie | peak memory (x float32 movie) | global "
+          "shift error (RMS, px) | shift error at 5 x 5 patch centres (RMS, px) |")
     print("|---|---|---|---|---|---|")
     for r in runs:
         local = f"{r.local_rms:.3f}" if r.local_rms is not None else "—"
         print(f"| {r.program} | {r.mode} | {r.wall_s / r.n_movies:.1f} s | {r.peak_mb:.0f} MB "
-              f"| {r.global_rms:.3f} | {local} |")
+              f"({r.peak_mb / movie_mb:.2f}x) | {r.global_rms:.3f} | {local} |")
     return 0
 
 

@@ -7,6 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+# before torch loads OpenMP: waiting threads sleep instead of spinning (see cryospa/__init__.py;
+# on a busy machine spinning threads made 2D classification tests 30x slower)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 

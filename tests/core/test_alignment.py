@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from cryospa.core.alignment import (
+    DoseWeights,
     accumulated_motion,
     align_global,
+    align_stacks,
+    aligned_sums,
     bfactor_weight,
     dose_weighted_sum,
     dose_weights,
@@ -82,6 +85,26 @@ def test_search_radius_and_invalid_input() -> None:
         align_global(frames, APIX, crop=63)
 
 
+def test_align_stacks_aligns_each_stack_as_align_global() -> None:
+    # three stacks with different drifts (one converging sooner than the others) aligned
+    # together give exactly what each gives alone
+    stacks = torch.stack(
+        [_movie(_smooth_image(96, seed=s), _drift(6, seed=s)) for s in (1, 2, 3)]
+    )
+    stacks[2] = stacks[2, :1].expand(6, -1, -1)  # no motion: converges at once
+    together = align_stacks(stacks, APIX, crop=64, max_shift_px=20.0)
+    assert len(together) == 3
+    for stack, result in zip(stacks, together, strict=True):
+        alone = align_global(stack, APIX, crop=64, max_shift_px=20.0)
+        np.testing.assert_allclose(result.shifts, alone.shifts, atol=1e-9)
+        assert result.n_iterations == alone.n_iterations
+        assert result.converged == alone.converged
+    np.testing.assert_allclose(together[0].shifts, _drift(6, seed=1), atol=0.02)
+    assert together[2].n_iterations < together[0].n_iterations
+    with pytest.raises(ParameterError, match="stacks must be"):
+        align_stacks(stacks[0], APIX)
+
+
 def test_bfactor_weight() -> None:
     w = bfactor_weight((64, 64), 2.0, 100.0)
     assert float(w[0, 0]) == 0.0
@@ -120,6 +143,44 @@ def test_dose_weights_follow_relion_formula() -> None:
     torch.testing.assert_close(w200, dose_weights(shape, APIX, ends / 0.8, 300.0))
     # the unit sum of squares per frequency
     torch.testing.assert_close((w**2).sum(0), torch.ones(64, 41))
+
+
+def test_dose_weights_frame_by_frame_and_extreme_exposures() -> None:
+    shape = (48, 64)
+    ends = frame_end_exposures(40, 2.5, pre_exposure=3.0)
+    per_frame = DoseWeights(shape, 0.5, ends, 200.0)
+    assert len(per_frame) == 40
+    torch.testing.assert_close(per_frame(7), dose_weights(shape, 0.5, ends, 200.0)[7])
+    # after 400 e/Å² every exp(-N / Ne) of RELION's formula underflows in float32 (Ne <= 2.81
+    # e/Å² at high frequency); made relative to the first frame, the weights stay finite
+    w = DoseWeights(shape, 0.5, ends + 400.0, 300.0).all()
+    assert bool(torch.isfinite(w).all())
+    torch.testing.assert_close(
+        (w.double() ** 2).sum(0), torch.ones(48, 33, dtype=torch.float64), rtol=2e-6, atol=0
+    )
+    torch.testing.assert_close(w[:, 0, 0], torch.full((40,), 1 / math.sqrt(40)))
+    with pytest.raises(ParameterError, match="at least one frame"):
+        DoseWeights(shape, 0.5, [], 300.0)
+
+
+def test_aligned_sums_in_one_pass_equal_the_sums_one_by_one() -> None:
+    truth = _drift(5, seed=3)
+    frames = _movie(_smooth_image(64, seed=1), truth)
+    frames_ft = torch.fft.rfft2(frames)
+    ends = frame_end_exposures(5, DOSE)
+    per_frame = DoseWeights((64, 64), APIX, ends, 300.0)
+    dw, plain, half = aligned_sums(frames, truth, [per_frame, None, torch.full((5,), 0.5)])
+    torch.testing.assert_close(dw, dose_weighted_sum(frames_ft, truth, APIX, ends, 300.0))
+    torch.testing.assert_close(plain, shift_and_sum(frames_ft, truth))
+    torch.testing.assert_close(half, 0.5 * plain)
+    # transforms and real frames give the same sums; the input is left as it was
+    before = frames_ft.clone()
+    torch.testing.assert_close(aligned_sums(frames_ft, truth, [per_frame])[0], dw)
+    torch.testing.assert_close(frames_ft, before)
+    with pytest.raises(ParameterError, match="weights"):
+        aligned_sums(frames, truth, [torch.ones((5, 64, 64))])
+    with pytest.raises(ParameterError, match="dose weights are for 5 frames"):
+        aligned_sums(frames[:4], truth[:4], [per_frame])
 
 
 def test_dose_weighted_sum_equals_weighted_shift_and_sum() -> None:

@@ -13,10 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from cryospa.core.alignment import align_global, dose_weights, frame_end_exposures, shift_and_sum
+from cryospa.core.alignment import (
+    DoseWeights,
+    align_global,
+    dose_weights,
+    frame_end_exposures,
+    shift_and_sum,
+)
 from cryospa.core.local_alignment import (
     MIN_PATCH_PX,
     align_patches,
+    aligned_sums_local,
     local_shifts_at,
     patch_layout,
     shift_and_sum_local,
@@ -290,6 +297,23 @@ def test_shift_and_sum_local_whole_pixels_and_weights() -> None:
     # the filters' tails reach the edges, where the two sums differ (edge value vs wrap-around)
     error = (weighted[inner] - exact_w[inner]).pow(2).mean().sqrt() / exact_w[inner].std()
     assert float(error) < 2e-3
+
+
+def test_local_sums_in_one_pass_equal_the_sums_one_by_one() -> None:
+    shape, n_frames = (96, 128), 5
+    gen = torch.Generator().manual_seed(1)
+    frames = torch.randn((n_frames, *shape), generator=gen)
+    coeffs = _deformation(2, n_frames, 2.0, shape)
+    shifts = _trajectory(n_frames)
+    per_frame = DoseWeights(shape, 1.77, frame_end_exposures(n_frames, 8.0), 300.0)
+    dw, plain = aligned_sums_local(frames, shifts, coeffs[0], coeffs[1], [per_frame, None])
+    # the filters made frame by frame weight as the (F, h, w // 2 + 1) ones
+    alone = shift_and_sum_local(frames, shifts, coeffs[0], coeffs[1], weights=per_frame.all())
+    torch.testing.assert_close(dw, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain, shift_and_sum_local(frames, shifts, coeffs[0], coeffs[1]),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ParameterError, match="dose weights are for 5 frames"):
+        aligned_sums_local(frames[:4], shifts[:4], coeffs[0], coeffs[1], [per_frame])
 
 
 # ---- patch alignment on analytic movies (noiseless: exact recovery)

@@ -16,6 +16,10 @@ MotionCor2's global step:
    ``tolerance_px`` (0.01 px) or ``max_iterations`` is reached;
 5. the shifts are re-referenced to the first frame.
 
+The frames' cropped transforms are moved by each iteration's shift updates in place, so the
+memory is those transforms plus a few chunks of correlations. :func:`align_stacks` aligns many
+independent stacks (a movie's patches) at once, each exactly as :func:`align_global` would.
+
 Shifts are in RELION's convention (:mod:`cryospa.core.motion`): ``s_f`` (``rlnMicrographShiftX/Y``,
 movie pixels) is the shift that re-aligns frame ``f``, whose content drifted by ``-s_f``; frame 0
 has ``s_0 = 0``; the aligned sum is ``sum_f frame_f`` moved by ``+s_f``
@@ -24,7 +28,11 @@ has ``s_0 = 0``; the aligned sum is ``sum_f frame_f`` moved by ``+s_f``
 Dose weighting is RELION's (``MotioncorrRunner::doseWeighting``): frame ``f`` gets
 ``w_f(k) = exp(-N_f / (2 Ne(k)))`` with ``N_f`` the 300 kV-equivalent exposure at the *end* of
 the frame (pre-exposure included) and ``Ne`` the critical exposure (:mod:`cryospa.core.dose`),
-divided by ``sqrt(sum_f w_f(k)^2)`` at every frequency.
+divided by ``sqrt(sum_f w_f(k)^2)`` at every frequency. :class:`DoseWeights` makes these
+filters one frame at a time (two float32 maps kept, whatever the number of frames), and
+:func:`aligned_sums` makes several sums (e.g. dose-weighted and plain) in one pass over the
+frames, transforming and shifting each frame once: the memory of the sums does not grow with
+the number of frames.
 
 Everything is torch, on the device of the input, in float32 (complex64).
 """
@@ -32,8 +40,9 @@ Everything is torch, on the device of the input, in float32 (complex64).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -44,13 +53,18 @@ from cryospa.errors import ParameterError
 
 __all__ = [
     "AccumulatedMotion",
+    "DoseWeights",
+    "FrameWeights",
     "GlobalAlignment",
     "accumulated_motion",
     "align_global",
+    "align_stacks",
+    "aligned_sums",
     "bfactor_weight",
     "dose_weighted_sum",
     "dose_weights",
     "frame_end_exposures",
+    "frame_weight_getter",
     "shift_and_sum",
 ]
 
@@ -179,16 +193,18 @@ def _refine_peaks(
     offsets = torch.arange(-half_width, half_width + 1, device=dev, dtype=torch.float64)
     n = offsets.numel()
     batch = torch.arange(c.shape[0], device=dev)
-    ones_y = torch.ones((c.shape[0], n, h), dtype=torch.float64, device=dev)
-    ones_x = torch.ones((c.shape[0], kx.numel(), n), dtype=torch.float64, device=dev)
+    ones_y = torch.ones((c.shape[0], n, h), dtype=torch.float32, device=dev)
+    ones_x = torch.ones((c.shape[0], kx.numel(), n), dtype=torch.float32, device=dev)
     step = 1.0
     for level in range(levels):
         step /= 10.0
         xs = best[:, 0, None] + offsets * step  # (B, n)
         ys = best[:, 1, None] + offsets * step
-        ey = torch.polar(ones_y, (2 * math.pi) * torch.remainder(ys[:, :, None] * ky, 1.0))
-        ex = torch.polar(ones_x, (2 * math.pi) * torch.remainder(kx[:, None] * xs[:, None, :], 1.0))
-        ey, ex = ey.to(torch.complex64), ex.to(torch.complex64)  # (B, n, h), (B, wh, n)
+        # phases reduced to one turn in float64, then made complex64 directly
+        phase_y = (2 * math.pi) * torch.remainder(ys[:, :, None] * ky, 1.0)
+        phase_x = (2 * math.pi) * torch.remainder(kx[:, None] * xs[:, None, :], 1.0)
+        ey = torch.polar(ones_y, phase_y.to(torch.float32))  # (B, n, h)
+        ex = torch.polar(ones_x, phase_x.to(torch.float32))  # (B, wh, n)
         values = torch.bmm(torch.bmm(ey, c), ex).real  # (B, n_y, n_x)
         flat = values.reshape(values.shape[0], -1).argmax(dim=1)
         j, i = flat // n, flat % n
@@ -212,21 +228,33 @@ def _refine_peaks(
     return best
 
 
-def _find_peaks(
-    cross: torch.Tensor, shape: tuple[int, int], max_shift_px: float | None
-) -> torch.Tensor:
-    """Integer peaks (x, y) of ``irfft2(cross)`` as signed displacements, ``(B, 2)`` float64."""
+def _find_peaks(cross: torch.Tensor, shape: tuple[int, int], outside: torch.Tensor | None
+                ) -> torch.Tensor:
+    """Integer peaks (x, y) of ``irfft2(cross)`` as signed displacements, ``(B, 2)`` float64.
+
+    ``outside`` is ``None`` or an ``(h, w)`` bool mask of displacements not to search.
+    """
     h, w = shape
     cc = torch.fft.irfft2(cross, s=(h, w))
-    dev = cc.device
-    y = torch.fft.fftfreq(h, d=1.0 / h, device=dev)
-    x = torch.fft.fftfreq(w, d=1.0 / w, device=dev)
-    if max_shift_px is not None:
-        outside = (y[:, None] ** 2 + x[None, :] ** 2) > float(max_shift_px) ** 2
-        cc = cc.masked_fill(outside, float("-inf"))
+    if outside is not None:
+        cc.masked_fill_(outside, float("-inf"))
     flat = cc.reshape(cc.shape[0], -1).argmax(dim=1)
     iy, ix = flat // w, flat % w
-    return torch.stack([x[ix], y[iy]], dim=1).to(torch.float64)
+    dev = cc.device
+    y = torch.fft.fftfreq(h, d=1.0 / h, device=dev, dtype=torch.float64)
+    x = torch.fft.fftfreq(w, d=1.0 / w, device=dev, dtype=torch.float64)
+    return torch.stack([x[ix], y[iy]], dim=1)
+
+
+def _search_mask(shape: tuple[int, int], max_shift_px: float | None, device: torch.device
+                 ) -> torch.Tensor | None:
+    """``(h, w)`` True at displacements (FFT order) further than ``max_shift_px``; or None."""
+    if max_shift_px is None:
+        return None
+    h, w = shape
+    y = torch.fft.fftfreq(h, d=1.0 / h, device=device)
+    x = torch.fft.fftfreq(w, d=1.0 / w, device=device)
+    return (y[:, None] ** 2 + x[None, :] ** 2) > float(max_shift_px) ** 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +293,8 @@ def align_global(
         Search the correlation peak within this radius (full-size pixels) of the current estimate;
         ``None``: anywhere.
     batch_size
-        Frames whose correlations are computed at once (memory).
+        Frames transformed, and (at least) frames whose correlations are computed, at once
+        (memory: a few arrays of this many cropped transforms).
 
     Returns
     -------
@@ -273,11 +302,50 @@ def align_global(
         Shifts in RELION's convention, frame 0 at ``(0, 0)``.
     """
     _check_frames(frames)
+    return align_stacks(
+        frames[None],
+        pixel_size,
+        bfactor=bfactor,
+        crop=crop,
+        max_iterations=max_iterations,
+        tolerance_px=tolerance_px,
+        max_shift_px=max_shift_px,
+        batch_size=batch_size,
+    )[0]
+
+
+#: Complex elements of the correlations computed at once by :func:`align_stacks` (32 MB).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def align_stacks(
+    stacks: torch.Tensor,
+    pixel_size: float,
+    *,
+    bfactor: float = DEFAULT_BFACTOR,
+    crop: int | tuple[int, int] | None = None,
+    max_iterations: int = 10,
+    tolerance_px: float = 0.01,
+    max_shift_px: float | None = None,
+    batch_size: int = 8,
+) -> list[GlobalAlignment]:
+    """:func:`align_global` of several independent stacks at once (e.g. a movie's patches).
+
+    ``stacks`` is ``(S, F, h, w)``; each stack is aligned on its own, exactly as
+    :func:`align_global` would (its own iterations, stopping when it converges), but the
+    arithmetic of all stacks is done in common batches: for many small stacks, far fewer (and
+    larger) operations. Other parameters as :func:`align_global`. Returns one
+    :class:`GlobalAlignment` per stack.
+    """
+    if stacks.ndim != 4:
+        raise ParameterError(f"stacks must be (S, F, h, w), got shape {tuple(stacks.shape)}")
+    for stack in stacks[:1]:
+        _check_frames(stack)
     if not (pixel_size > 0):
         raise ParameterError(f"pixel size must be > 0 Å, got {pixel_size}")
     if max_iterations < 1:
         raise ParameterError(f"max_iterations must be >= 1, got {max_iterations}")
-    n_frames, h, w = frames.shape
+    n_stacks, n_frames, h, w = stacks.shape
     if crop is None:
         ch, cw = h, w
     elif isinstance(crop, int):
@@ -286,47 +354,78 @@ def align_global(
         ch, cw = int(crop[0]), int(crop[1])
     if ch % 2 or cw % 2 or not (2 <= ch <= h and 2 <= cw <= w):
         raise ParameterError(f"crop must be even and at most the frame size {(h, w)}, got {crop}")
-    scale = torch.tensor([w / cw, h / ch], dtype=torch.float64, device=frames.device)
-    dev = frames.device
+    dev = stacks.device
+    scale = torch.tensor([w / cw, h / ch], dtype=torch.float64, device=dev)
 
-    data = torch.empty((n_frames, ch, cw // 2 + 1), dtype=torch.complex64, device=dev)
-    for start in range(0, n_frames, batch_size):
-        chunk = frames[start : start + batch_size].to(torch.float32)
-        data[start : start + batch_size] = _crop_rfft(torch.fft.rfft2(chunk), (ch, cw))
+    # the cropped transforms, moved by the current shifts as they are updated (in place)
+    data = torch.empty((n_stacks, n_frames, ch, cw // 2 + 1), dtype=torch.complex64, device=dev)
+    flat_data = data.view(n_stacks * n_frames, ch, cw // 2 + 1)
+    flat_frames = stacks.reshape(n_stacks * n_frames, h, w)
+    for start in range(0, n_stacks * n_frames, batch_size):
+        chunk = flat_frames[start : start + batch_size].to(torch.float32)
+        flat_data[start : start + batch_size] = _crop_rfft(torch.fft.rfft2(chunk), (ch, cw))
     cropped_pixel = pixel_size * w / cw
     weight = bfactor_weight((ch, cw), cropped_pixel, bfactor, device=dev)
     max_crop = None if max_shift_px is None else float(max_shift_px) / float(scale.min())
+    outside = _search_mask((ch, cw), max_crop, dev)
+    chunk_size = max(batch_size, _CHUNK_ELEMENTS // (ch * (cw // 2 + 1)))
 
-    shifts = torch.zeros((n_frames, 2), dtype=torch.float64, device=dev)  # cropped pixels
-    update = float("inf")
-    n_done = 0
+    shifts = torch.zeros((n_stacks, n_frames, 2), dtype=torch.float64, device=dev)  # cropped px
+    update = np.full(n_stacks, np.inf)
+    n_done = np.zeros(n_stacks, dtype=np.int64)
+    active = np.ones(n_stacks, dtype=bool)
+    frame_index = torch.arange(n_frames, device=dev)
     for iteration in range(1, max_iterations + 1):
-        n_done = iteration
+        live = np.flatnonzero(active)
+        n_done[live] = iteration
         # integer peak search (an inverse FFT per frame) while shifts may still jump by pixels
-        search = iteration <= 2 or update > _SEARCH_UPDATE_PX
-        ramps = phase_shift_2d((ch, cw), shifts.to(torch.float32))
-        total = (data * ramps).sum(dim=0)
-        deltas = torch.empty_like(shifts)
-        for start in range(0, n_frames, batch_size):
-            aligned = data[start : start + batch_size] * ramps[start : start + batch_size]
+        search = torch.from_numpy((iteration <= 2) | (update[live] > _SEARCH_UPDATE_PX)).to(dev)
+        live_t = torch.from_numpy(live).to(dev)
+        totals = data.sum(dim=1) if len(live) == n_stacks else data[live_t].sum(dim=1)  # (L, ..)
+        # (stack, frame) pairs of the live stacks, in chunks
+        pair_stack = torch.arange(len(live), device=dev).repeat_interleave(n_frames)
+        pair_frame = frame_index.repeat(len(live))
+        deltas = torch.empty((len(live) * n_frames, 2), dtype=torch.float64, device=dev)
+        for start in range(0, len(pair_stack), chunk_size):
+            ps = pair_stack[start : start + chunk_size]
+            aligned = data[live_t[ps], pair_frame[start : start + chunk_size]]
             # CC(d) = sum_p R(p) A(p - d): peak at d where the frame must move by +d
-            cross = (total[None] - aligned) * aligned.conj() * weight
-            if search:
-                peaks = _find_peaks(cross, (ch, cw), max_crop)
-            else:  # the estimate moves by well under a pixel: refine around it directly
-                peaks = torch.zeros((cross.shape[0], 2), dtype=torch.float64, device=dev)
-            deltas[start : start + batch_size] = _refine_peaks(cross, peaks, (ch, cw))
-        shifts = shifts + deltas
-        update = float((deltas * scale).norm(dim=1).max())
-        if update < tolerance_px:
+            cross = totals[ps] - aligned
+            cross *= aligned.conj()
+            cross *= weight
+            # where the estimate moves by well under a pixel, refine around it directly
+            peaks = torch.zeros((len(ps), 2), dtype=torch.float64, device=dev)
+            wanted = search[ps]
+            if bool(wanted.all()):
+                peaks = _find_peaks(cross, (ch, cw), outside)
+            elif bool(wanted.any()):
+                peaks[wanted] = _find_peaks(cross[wanted], (ch, cw), outside)
+            deltas[start : start + chunk_size] = _refine_peaks(cross, peaks, (ch, cw))
+            del cross, aligned
+        deltas = deltas.view(len(live), n_frames, 2)
+        shifts[live_t] += deltas
+        update[live] = (deltas * scale).norm(dim=-1).amax(dim=1).cpu().numpy()
+        active[live] = update[live] >= tolerance_px
+        moving = torch.from_numpy(np.flatnonzero(active[live])).to(dev)  # the ones going on
+        if iteration == max_iterations or len(moving) == 0:
             break
-    result = (shifts - shifts[0]) * scale
-    return GlobalAlignment(
-        shifts=result.cpu().numpy().astype(np.float64),
-        n_iterations=n_done,
-        converged=update < tolerance_px,
-        last_update_px=update,
-    )
+        # move the data of the stacks that go on by this iteration's shifts, in chunks
+        move_stack = live_t[moving].repeat_interleave(n_frames)
+        move_frame = frame_index.repeat(len(moving))
+        move_delta = deltas[moving].reshape(-1, 2).to(torch.float32)
+        for start in range(0, len(move_stack), chunk_size):
+            index = (move_stack[start : start + chunk_size], move_frame[start : start + chunk_size])
+            data[index] *= phase_shift_2d((ch, cw), move_delta[start : start + chunk_size])
+    result = ((shifts - shifts[:, :1]) * scale).cpu().numpy().astype(np.float64)
+    return [
+        GlobalAlignment(
+            shifts=result[i],
+            n_iterations=int(n_done[i]),
+            converged=bool(update[i] < tolerance_px),
+            last_update_px=float(update[i]),
+        )
+        for i in range(n_stacks)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,56 +444,78 @@ def _as_shifts(
     return s
 
 
-def shift_and_sum(
-    frames_ft: torch.Tensor,
-    shifts: torch.Tensor | np.ndarray,
-    weights: torch.Tensor | np.ndarray | None = None,
-    *,
-    shape: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """The aligned (optionally weighted) sum of frames, in real space.
-
-    Parameters
-    ----------
-    frames_ft
-        ``(F, h, w // 2 + 1)`` rfft2 of the frames.
-    shifts
-        ``(F, 2)`` RELION shifts (pixels): frame ``f`` is moved by ``+s_f``.
-    weights
-        ``None`` (plain sum), ``(F,)`` per-frame factors or ``(F, h, w // 2 + 1)`` per-frequency
-        filters (e.g. :func:`dose_weights`).
-    shape
-        ``(h, w)`` of the frames; default ``(h, 2 (w_half - 1))`` (even width).
-
-    Returns
-    -------
-    torch.Tensor
-        ``(h, w)`` float32 sum.
-    """
-    n_frames, h, wh = frames_ft.shape
-    out_shape = shape if shape is not None else (h, 2 * (wh - 1))
-    s = _as_shifts(shifts, n_frames, frames_ft.device)
-    total = torch.zeros((h, wh), dtype=torch.complex64, device=frames_ft.device)
-    wt: torch.Tensor | None = None
-    if weights is not None:
-        wt = torch.as_tensor(weights).to(frames_ft.device, torch.float32)
-        if wt.ndim == 1:
-            wt = wt[:, None, None]
-        if wt.shape[0] != n_frames:
-            raise ParameterError(f"weights must have {n_frames} frames, got {tuple(wt.shape)}")
-    for f in range(n_frames):
-        term = frames_ft[f].to(torch.complex64) * phase_shift_2d(out_shape, s[f])
-        if wt is not None:
-            term = term * wt[f]
-        total += term
-    return torch.fft.irfft2(total, s=out_shape)
-
-
 def frame_end_exposures(
     n_frames: int, dose_per_frame: float, pre_exposure: float = 0.0
 ) -> np.ndarray:
     """Exposure (e/Å²) at the end of each frame: ``pre + dose (f + 1)``, ``f = 0 .. F-1``."""
     return float(pre_exposure) + float(dose_per_frame) * (np.arange(n_frames) + 1.0)
+
+
+class DoseWeights:
+    """RELION's dose-weighting filters of a movie's frames, made one frame at a time.
+
+    Frame ``f``'s filter on the ``(h, w // 2 + 1)`` rfft grid is
+    ``w_f(k) = exp(-N_f / (2 Ne(k))) / sqrt(sum_g exp(-N_g / Ne(k)))`` with ``N_f`` the
+    300 kV-equivalent exposure at the end of frame ``f`` (``exposures_end``, e/Å², pre-exposure
+    included; see :func:`frame_end_exposures`) and ``Ne`` the critical exposure
+    (:mod:`cryospa.core.dose`). At ``k = 0`` every weight is ``1 / sqrt(F)``.
+
+    Only two float32 maps are kept (``1 / (2 Ne)`` and the normalisation), whatever the number
+    of frames: ``weights(f)`` computes frame ``f``'s filter (one ``exp`` over the grid). The
+    exposures are counted from the smallest one (the ratio is the same), so that the
+    normalisation never underflows in float32.
+
+    Parameters
+    ----------
+    shape
+        ``(h, w)`` of the frames (real space).
+    pixel_size
+        Pixel size (Å).
+    exposures_end
+        ``(F,)`` exposures at the end of each frame (e/Å², at ``voltage``).
+    voltage
+        Acceleration voltage (kV): 200 kV exposures count ``1 / 0.8``.
+    device
+        Where the filters are made (default: the CPU).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        pixel_size: float,
+        exposures_end: Sequence[float] | np.ndarray,
+        voltage: float,
+        *,
+        device: torch.device | str | None = None,
+    ) -> None:
+        exposures = np.array([equivalent_exposure(float(e), voltage) for e in exposures_end])
+        if exposures.size == 0:
+            raise ParameterError("dose weighting needs at least one frame")
+        if not (pixel_size > 0):
+            raise ParameterError(f"pixel size must be > 0 Å, got {pixel_size}")
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.device = dev
+        k = torch.sqrt(_physical_k2(self.shape, pixel_size, dev))
+        self._half_rate = (0.5 / critical_exposure(k)).to(torch.float32)  # 0 at k = 0
+        del k
+        self._relative = (exposures - exposures.min()).tolist()
+        total = torch.zeros_like(self._half_rate)
+        for n in self._relative:
+            total += torch.exp(self._half_rate * (-2.0 * n))
+        self._inv_norm = total.rsqrt_()
+
+    def __len__(self) -> int:
+        """Number of frames."""
+        return len(self._relative)
+
+    def __call__(self, frame: int) -> torch.Tensor:
+        """Frame ``frame``'s filter, ``(h, w // 2 + 1)`` float32 on :attr:`device`."""
+        return torch.exp(self._half_rate * -self._relative[frame]).mul_(self._inv_norm)
+
+    def all(self) -> torch.Tensor:
+        """Every frame's filter, ``(F, h, w // 2 + 1)`` float32 (``F`` times the memory)."""
+        return torch.stack([self(f) for f in range(len(self))])
 
 
 def dose_weights(
@@ -405,23 +526,139 @@ def dose_weights(
     *,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """RELION's dose-weighting filters ``(F, h, w // 2 + 1)`` (float32) on the rfft grid.
+    """RELION's dose-weighting filters of all frames at once, ``(F, h, w // 2 + 1)`` float32.
 
-    ``w_f(k) = exp(-N_f / (2 Ne(k))) / sqrt(sum_g exp(-N_g / Ne(k)))`` with ``N_f`` the
-    300 kV-equivalent exposure at the end of frame ``f`` (``exposures_end``, e/Å², pre-exposure
-    included; see :func:`frame_end_exposures`) and ``Ne`` the critical exposure. At ``k = 0``
-    every weight is ``1 / sqrt(F)``.
+    See :class:`DoseWeights`, which makes them one frame at a time: use it (it is accepted
+    wherever these filters are) for large movies, where all filters at once take as much
+    memory as the movie's Fourier transforms.
     """
-    exposures = [equivalent_exposure(float(e), voltage) for e in exposures_end]
-    if not exposures:
-        raise ParameterError("dose weighting needs at least one frame")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    k = torch.sqrt(_physical_k2(shape, pixel_size, dev))
-    ne = critical_exposure(k)
-    n = torch.tensor(exposures, dtype=torch.float64, device=dev)[:, None, None]
-    w = torch.exp(-n / (2.0 * ne))
-    w = w / torch.sqrt((w * w).sum(dim=0))
-    return w.to(torch.float32)
+    return DoseWeights(shape, pixel_size, exposures_end, voltage, device=device).all()
+
+
+#: Per-frame Fourier weights of an aligned sum: ``(F,)`` factors, ``(F, h, w // 2 + 1)``
+#: filters, or a callable returning frame ``f``'s ``(h, w // 2 + 1)`` filter (or a factor),
+#: e.g. :class:`DoseWeights`.
+FrameWeights: TypeAlias = torch.Tensor | np.ndarray | Callable[[int], torch.Tensor]
+
+
+def frame_weight_getter(
+    weights: FrameWeights,
+    n_frames: int,
+    rfft_shape: tuple[int, int],
+    device: torch.device,
+) -> Callable[[int], torch.Tensor]:
+    """Frame ``f`` -> its float32 weight on ``device``: a ``(h, w // 2 + 1)`` filter or a factor.
+
+    Checks the number of frames and the filters' shape (:data:`FrameWeights`); raises
+    :class:`~cryospa.errors.ParameterError` naming the expected shape.
+    """
+    expected = (n_frames, *rfft_shape)
+    if callable(weights) and not isinstance(weights, torch.Tensor | np.ndarray):
+        if isinstance(weights, DoseWeights) and (
+            len(weights) != n_frames or weights.shape[0] != rfft_shape[0]
+            or weights.shape[1] // 2 + 1 != rfft_shape[1]
+        ):
+            raise ParameterError(
+                f"dose weights are for {len(weights)} frames of {weights.shape}, the sum has "
+                f"{n_frames} frames with transforms of {rfft_shape}"
+            )
+        function = weights
+
+        def call(f: int) -> torch.Tensor:
+            w = torch.as_tensor(function(f)).to(device, torch.float32)
+            if w.ndim and tuple(w.shape) != rfft_shape:
+                raise ParameterError(
+                    f"the weights of frame {f} are {tuple(w.shape)}, expected {rfft_shape}"
+                )
+            return w
+
+        return call
+    wt = torch.as_tensor(weights).to(device, torch.float32)
+    if wt.ndim == 1:
+        wt = wt[:, None, None]
+    if wt.shape[0] != n_frames or (wt.shape[1:] != (1, 1) and tuple(wt.shape) != expected):
+        raise ParameterError(
+            f"weights must be (F,) or (F, h, w // 2 + 1) = {expected}, got {tuple(wt.shape)}"
+        )
+    return lambda f: wt[f]
+
+
+def aligned_sums(
+    frames: torch.Tensor,
+    shifts: torch.Tensor | np.ndarray,
+    weights: Sequence[FrameWeights | None] = (None,),
+    *,
+    shape: tuple[int, int] | None = None,
+) -> list[torch.Tensor]:
+    """Aligned sums of the same frames under several weightings, in one pass.
+
+    Each frame is transformed (if real) and shifted once, then added to every sum with that
+    sum's weight; the memory is a few frame-sized arrays per sum, whatever the number of
+    frames.
+
+    Parameters
+    ----------
+    frames
+        ``(F, h, w)`` real frames, or ``(F, h, w // 2 + 1)`` their rfft2 (complex).
+    shifts
+        ``(F, 2)`` RELION shifts (pixels): frame ``f`` is moved by ``+s_f``.
+    weights
+        One entry per sum: ``None`` (plain sum) or :data:`FrameWeights` (e.g.
+        :class:`DoseWeights`: the dose-weighted sum).
+    shape
+        ``(h, w)`` of the frames when ``frames`` are transforms; default ``(h, 2 (w_half - 1))``
+        (even width).
+
+    Returns
+    -------
+    list of torch.Tensor
+        One ``(h, w)`` float32 sum per entry of ``weights``, on the frames' device.
+    """
+    if frames.ndim != 3:
+        raise ParameterError(f"frames must be (F, h, w), got shape {tuple(frames.shape)}")
+    dev = frames.device
+    n_frames, h = frames.shape[:2]
+    if frames.is_complex():
+        out_shape = shape if shape is not None else (h, 2 * (frames.shape[2] - 1))
+    else:
+        out_shape = (h, int(frames.shape[2]))
+    rfft_shape = (h, out_shape[1] // 2 + 1)
+    if frames.is_complex() and frames.shape[2] != rfft_shape[1]:
+        raise ParameterError(f"transforms of {tuple(frames.shape)} do not fit shape {out_shape}")
+    s = _as_shifts(shifts, n_frames, dev)
+    getters = [
+        None if w is None else frame_weight_getter(w, n_frames, rfft_shape, dev) for w in weights
+    ]
+    totals = [torch.zeros(rfft_shape, dtype=torch.complex64, device=dev) for _ in getters]
+    for f in range(n_frames):
+        if frames.is_complex():
+            ft = frames[f].to(torch.complex64) * phase_shift_2d(out_shape, s[f])
+        else:
+            ft = torch.fft.rfft2(frames[f].to(torch.float32))
+            ft *= phase_shift_2d(out_shape, s[f])
+        for total, getter in zip(totals, getters, strict=True):
+            if getter is None:
+                total += ft
+            else:
+                total.addcmul_(ft, getter(f))
+    return [torch.fft.irfft2(total, s=out_shape) for total in totals]
+
+
+def shift_and_sum(
+    frames_ft: torch.Tensor,
+    shifts: torch.Tensor | np.ndarray,
+    weights: FrameWeights | None = None,
+    *,
+    shape: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The aligned (optionally weighted) sum of frames, in real space.
+
+    One sum of :func:`aligned_sums`: ``frames_ft`` ``(F, h, w // 2 + 1)`` rfft2 of the frames
+    (or the real frames), ``shifts`` ``(F, 2)`` RELION shifts (frame ``f`` moved by ``+s_f``),
+    ``weights`` ``None`` (plain sum) or :data:`FrameWeights`. Returns the ``(h, w)`` float32
+    sum.
+    """
+    return aligned_sums(frames_ft, shifts, [weights], shape=shape)[0]
 
 
 def dose_weighted_sum(
@@ -436,11 +673,11 @@ def dose_weighted_sum(
     """The aligned, dose-weighted sum (RELION's ``--dose_weighting``) of rfft2 frames.
 
     ``frames_ft`` is ``(F, h, w // 2 + 1)``; the other arguments as :func:`shift_and_sum` and
-    :func:`dose_weights`.
+    :class:`DoseWeights` (made one frame at a time).
     """
     h, wh = frames_ft.shape[-2:]
     out_shape = shape if shape is not None else (h, 2 * (wh - 1))
-    weights = dose_weights(out_shape, pixel_size, exposures_end, voltage, device=frames_ft.device)
+    weights = DoseWeights(out_shape, pixel_size, exposures_end, voltage, device=frames_ft.device)
     return shift_and_sum(frames_ft, shifts, weights, shape=out_shape)
 
 

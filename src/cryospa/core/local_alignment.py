@@ -64,20 +64,27 @@ in Fourier space to the sum, where it commutes with the smooth shift field (exac
 uniform shift). This is cardinal cubic-spline interpolation: exact for whole-pixel shifts, and
 for sub-pixel shifts its response is within 1.5 % of 1 up to 1/4 of the sampling frequency
 and 0.92 at 0.35 (RELION's bilinear interpolation: 0.81 and 0.66). Per-frame Fourier weights
-(dose weighting) are applied to each warped frame's transform (they also commute with the
-smooth warp). Samples beyond the frame edge take the edge value.
+(dose weighting, e.g. :class:`cryospa.core.alignment.DoseWeights`, made one frame at a time)
+are applied to each warped frame's transform (they also commute with the smooth warp);
+:func:`aligned_sums_local` makes several sums (dose-weighted and plain) from one warp of each
+frame. Samples beyond the frame edge take the edge value.
+
+The patches are aligned together (:func:`cryospa.core.alignment.align_stacks`), as many at a
+time as fit in 256 MB of patch stacks: all 25 of a 1024 px movie, two of a 4096 px one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as tnf
 
-from cryospa.core.alignment import align_global
+from cryospa.core.alignment import FrameWeights, align_stacks, frame_weight_getter
 from cryospa.core.fourier import phase_shift_2d
 from cryospa.core.motion import (
     N_POLYNOMIAL_COEFFS,
@@ -92,6 +99,7 @@ __all__ = [
     "MIN_PATCH_PX",
     "LocalAlignment",
     "align_patches",
+    "aligned_sums_local",
     "local_shifts_at",
     "patch_layout",
     "shift_and_sum_local",
@@ -297,39 +305,35 @@ def _robust_weights(residuals: np.ndarray, dof_factor: float) -> tuple[np.ndarra
 # local alignment
 
 
-def _align_patch(
+#: Real elements of the patch stacks aligned at once (256 MB): a 1024 px movie's 25 patches
+#: together, a 4096 px one's a few at a time.
+_GROUP_ELEMENTS = 1 << 26
+
+
+def _align_patch_group(
     frames: torch.Tensor,
-    cut_shifts: np.ndarray,
-    origin: np.ndarray,
+    cut_shifts: list[np.ndarray],
+    origins: list[np.ndarray],
     size: tuple[int, int],
     window: torch.Tensor,
     bounds: list[tuple[int, int]],
-    *,
     pixel_size: float,
-    bfactor: float,
-    crop: tuple[int, int],
-    max_iterations: int,
-    tolerance_px: float,
-    max_shift_px: float,
-) -> np.ndarray:
-    """``(G, 2)`` shifts of one patch's frame groups relative to ``cut_shifts`` (group 0 at 0).
+    **options: Any,
+) -> list[np.ndarray]:
+    """``(G, 2)`` shifts of each patch's frame groups relative to its ``cut_shifts`` (group 0 at 0).
 
-    The patch frames are cut aligned by ``cut_shifts`` ``(F, 2)`` (global + predicted local
-    shifts at the patch), summed in groups and aligned by
-    :func:`cryospa.core.alignment.align_global`.
+    Each patch's frames are cut aligned by its ``cut_shifts`` ``(F, 2)`` (global + predicted
+    local shifts at the patch), summed in groups, and the patches are aligned together by
+    :func:`cryospa.core.alignment.align_stacks` (each on its own; ``options`` are its keyword
+    arguments).
     """
-    stack = _patch_stack(frames, cut_shifts, origin, size, window)
-    if len(bounds) < cut_shifts.shape[0]:
-        stack = torch.stack([stack[a:b].sum(dim=0) for a, b in bounds])
-    return align_global(
-        stack,
-        pixel_size,
-        bfactor=bfactor,
-        crop=crop,
-        max_iterations=max_iterations,
-        tolerance_px=tolerance_px,
-        max_shift_px=max_shift_px,
-    ).shifts
+    stacks = []
+    for cut, origin in zip(cut_shifts, origins, strict=True):
+        stack = _patch_stack(frames, cut, origin, size, window)
+        if len(bounds) < cut.shape[0]:
+            stack = torch.stack([stack[a:b].sum(dim=0) for a, b in bounds])
+        stacks.append(stack)
+    return [r.shifts for r in align_stacks(torch.stack(stacks), pixel_size, **options)]
 
 
 def _fit_robust(
@@ -451,6 +455,7 @@ def align_patches(
     # both tapered): its spread enters the fit of the x^2 and y^2 terms
     spread = (_weighted_sd(taper_x**2), _weighted_sd(taper_y**2))
     n_patches, n_groups = len(origins), len(bounds)
+    per_group = max(1, _GROUP_ELEMENTS // (n_frames * ph * pw))  # patches aligned together
 
     # round 1 measures every patch around the global shifts; round 2 cuts each patch again at
     # the fitted model's shifts and measures what is left within a small radius
@@ -458,23 +463,25 @@ def align_patches(
     radius, iterations = search, max_iterations
     for round_ in range(2):
         measured = np.zeros((n_patches, n_groups, 2))
-        for p in range(n_patches):
-            residual = _align_patch(
+        for first in range(0, n_patches, per_group):
+            chosen = range(first, min(first + per_group, n_patches))
+            residuals = _align_patch_group(
                 frames,
-                g + predicted[p],
-                origins[p],
+                [g + predicted[p] for p in chosen],
+                [origins[p] for p in chosen],
                 size,
                 window,
                 bounds,
-                pixel_size=pixel_size,
+                pixel_size,
                 bfactor=bfactor,
                 crop=crop,
                 max_iterations=iterations,
                 tolerance_px=tolerance_px,
                 max_shift_px=radius,
             )
-            at_groups = np.stack([predicted[p, a:b].mean(axis=0) for a, b in bounds])
-            measured[p] = at_groups + residual
+            for p, residual in zip(chosen, residuals, strict=True):
+                at_groups = np.stack([predicted[p, a:b].mean(axis=0) for a, b in bounds])
+                measured[p] = at_groups + residual
         fit, patch_weights, scatter = _fit_robust(measured, centres, z_groups, (h, w), spread)
         if round_ == 0:
             predicted = local_shifts_at(
@@ -625,20 +632,23 @@ def _warp_tile(
     return total
 
 
-def shift_and_sum_local(
+def aligned_sums_local(
     frames: torch.Tensor,
     global_shifts: np.ndarray,
     coeffs_x: np.ndarray,
     coeffs_y: np.ndarray,
+    weights: Sequence[FrameWeights | None] = (None,),
     *,
-    weights: torch.Tensor | None = None,
     tile: int = 256,
-) -> torch.Tensor:
-    """The aligned sum of frames moved by the global shifts plus the local polynomial.
+) -> list[torch.Tensor]:
+    """Sums of frames moved by the global shifts plus the local polynomial, in one pass.
 
     Output pixel ``q`` is ``sum_z frame_z(q - s_z(q))`` with ``s_z(q) = global_z +``
     :func:`cryospa.core.motion.polynomial_shift` ``(z, q)``; frames are interpolated as cubic
-    B-splines (see the module docstring; samples beyond the edge take the edge value).
+    B-splines (see the module docstring; samples beyond the edge take the edge value). Each
+    frame is warped once and added to every sum, with that sum's per-frame Fourier weights
+    (applied to the warped frame's transform): e.g. the plain and the dose-weighted sum
+    together. The memory is a few frame-sized arrays per sum, whatever the number of frames.
 
     Parameters
     ----------
@@ -649,16 +659,18 @@ def shift_and_sum_local(
     coeffs_x, coeffs_y
         ``(18,)`` polynomial coefficients (pixels; zeros: global shifts only).
     weights
-        ``None`` (plain sum) or ``(F, h, w // 2 + 1)`` per-frame Fourier filters, e.g.
-        :func:`cryospa.core.alignment.dose_weights` (then the dose-weighted sum).
+        One entry per sum: ``None`` (plain sum) or
+        :data:`cryospa.core.alignment.FrameWeights`, e.g.
+        :class:`cryospa.core.alignment.DoseWeights` (the dose-weighted sum; made one frame at a
+        time) or ``(F, h, w // 2 + 1)`` filters.
     tile
         Side of the square tiles interpolated at once (pixels): bounds the temporary memory
         to a few ``tile x tile`` arrays (256: they stay in the CPU's cache).
 
     Returns
     -------
-    torch.Tensor
-        ``(h, w)`` float32 sum on the frames' device.
+    list of torch.Tensor
+        One ``(h, w)`` float32 sum per entry of ``weights``, on the frames' device.
     """
     if frames.ndim != 3 or frames.shape[0] < 1:
         raise ParameterError(f"frames must be (F, h, w), got shape {tuple(frames.shape)}")
@@ -678,20 +690,20 @@ def shift_and_sum_local(
     if tile < 1:
         raise ParameterError(f"tile must be >= 1 px, got {tile}")
     dev = frames.device
-    wt: torch.Tensor | None = None
-    if weights is not None:
-        wt = torch.as_tensor(weights)
-        if tuple(wt.shape) != (n_frames, h, w // 2 + 1):
-            raise ParameterError(
-                f"weights must be (F, h, w // 2 + 1) = {(n_frames, h, w // 2 + 1)}, "
-                f"got {tuple(wt.shape)}"
-            )
+    rfft_shape = (h, w // 2 + 1)
+    getters = [
+        None if v is None else frame_weight_getter(v, n_frames, rfft_shape, dev) for v in weights
+    ]
+    # plain sums accumulate in real space (the same one for all), weighted ones in Fourier space
+    real_sum = (
+        torch.zeros((h, w), device=dev, dtype=torch.float32) if None in getters else None
+    )
+    fourier_sums = [
+        None if getter is None else torch.zeros(rfft_shape, device=dev, dtype=torch.complex64)
+        for getter in getters
+    ]
     x_all = torch.arange(w, device=dev, dtype=torch.float32)
     y_all = torch.arange(h, device=dev, dtype=torch.float32)
-    real_sum = torch.zeros((h, w), device=dev, dtype=torch.float32) if wt is None else None
-    fourier_sum = (
-        torch.zeros((h, w // 2 + 1), device=dev, dtype=torch.complex64) if wt is not None else None
-    )
     warped = torch.empty((h, w), device=dev, dtype=torch.float32)
     for z in range(n_frames):
         powers = np.array([z, z * z, z**3], dtype=np.float64)
@@ -704,13 +716,41 @@ def shift_and_sum_local(
                 warped[r0 : r0 + tile, c0 : c0 + tile] = _warp_tile(
                     image, x_all[c0 : c0 + tile], y_all[r0 : r0 + tile], cx, cy
                 )
+        del image
         if real_sum is not None:
             real_sum += warped
-        else:
-            assert fourier_sum is not None and wt is not None
-            fourier_sum += torch.fft.rfft2(warped) * wt[z].to(dev, torch.float32)
-    if real_sum is not None:
-        fourier_sum = torch.fft.rfft2(real_sum)
-        del real_sum
-    assert fourier_sum is not None
-    return torch.fft.irfft2(fourier_sum * _bspline_prefilter((h, w), dev), s=(h, w))
+        if any(getter is not None for getter in getters):
+            warped_ft = torch.fft.rfft2(warped)
+            for total, getter in zip(fourier_sums, getters, strict=True):
+                if getter is not None and total is not None:
+                    total.addcmul_(warped_ft, getter(z))
+            del warped_ft
+    prefilter = _bspline_prefilter((h, w), dev)
+    plain = None if real_sum is None else torch.fft.rfft2(real_sum)
+    del real_sum, warped
+    out = []
+    for total in fourier_sums:
+        source = plain if total is None else total
+        assert source is not None
+        out.append(torch.fft.irfft2(source * prefilter, s=(h, w)))
+    return out
+
+
+def shift_and_sum_local(
+    frames: torch.Tensor,
+    global_shifts: np.ndarray,
+    coeffs_x: np.ndarray,
+    coeffs_y: np.ndarray,
+    *,
+    weights: FrameWeights | None = None,
+    tile: int = 256,
+) -> torch.Tensor:
+    """The aligned sum of frames moved by the global shifts plus the local polynomial.
+
+    One sum of :func:`aligned_sums_local` (see there): ``weights`` ``None`` (plain sum) or
+    :data:`cryospa.core.alignment.FrameWeights` (e.g. :class:`~cryospa.core.alignment.DoseWeights`:
+    the dose-weighted sum). Returns the ``(h, w)`` float32 sum on the frames' device.
+    """
+    return aligned_sums_local(
+        frames, global_shifts, coeffs_x, coeffs_y, [weights], tile=tile
+    )[0]

@@ -30,7 +30,14 @@ Per movie (one item each), from a MovieSet (``movies.star`` of ``cryospa import 
    non-dose-weighted sum (``--save_noDW``) and power spectrum (``--save_ps``: the centred
    amplitude spectrum ``sqrt(<|F|^2>)`` of the non-dose-weighted aligned sum averaged over
    ``--ps_size`` tiles, pixel size of the output micrograph in its header, for ``cryospa
-   ctffind``); float16 MRC (``--float16``; RELION 3.1 cannot read it, RELION 4 can).
+   ctffind``); float16 MRC (``--float16``; RELION 3.1 cannot read it, RELION 4 can). The
+   dose-weighted and the plain sum are made in one pass over the frames (each frame shifted,
+   or warped, once; the dose filters made one frame at a time).
+
+Memory: the movie is held once, as float32 (gain, defects and hot pixels applied in place);
+the alignment adds the frames' transforms Fourier-cropped to ``--align_resolution`` and a few
+frame-sized arrays, the sums a few more. A 4096 x 4096 x 40 movie (2.7 GB as float32) peaks
+below twice that (``bench/bench_motioncorr.py --big``).
 
 Outputs, laid out as RELION's (``<stem>`` is the movie's path below its import folder without
 the suffix, e.g. ``Movies/mov001``): ``<stem>.mrc`` (dose-weighted when dose weighting, else
@@ -53,7 +60,7 @@ import re
 import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +70,11 @@ import torch
 
 from cryospa.compute.device import resolve_device
 from cryospa.core.alignment import (
+    DoseWeights,
     accumulated_motion,
     align_global,
-    dose_weights,
+    aligned_sums,
     frame_end_exposures,
-    shift_and_sum,
 )
 from cryospa.core.ctf_estimation import averaged_amplitude_spectrum
 from cryospa.core.dose import equivalent_exposure
@@ -616,6 +623,11 @@ class _Frames:
     mask: np.ndarray | None  # (h, w) defects of the defect file
     hot_pixels: np.ndarray  # (n, 2) x, y of the hot pixels found
 
+    shape: tuple[int, ...] = field(init=False)  # (F, h, w) as read
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(n) for n in self.frames.shape)
+
 
 def _read_checked(
     ctx: JobContext, movie: _Movie, *, max_frames: int | None = None
@@ -647,7 +659,11 @@ def _read_checked(
 
 
 def _load_frames(ctx: JobContext, movie: _Movie) -> _Frames:
-    """Read the frames to sum, check and apply the gain, fill defects and hot pixels."""
+    """Read the frames to sum, check and apply the gain, fill defects and hot pixels.
+
+    The movie is held once, as float32: the gain is multiplied and the defects filled in
+    place, frame by frame.
+    """
     loaded, gain = _read_checked(ctx, movie)
     frames, mask = loaded.frames, loaded.mask
     if gain is not None:
@@ -661,34 +677,32 @@ def _load_frames(ctx: JobContext, movie: _Movie) -> _Frames:
         loaded.hot_pixels = np.stack([xs, ys], axis=1)
     if bad.any():
         rng = np.random.default_rng(zlib.crc32(movie.name.encode()))
-        loaded.frames = correct_defects(frames, bad, rng=rng)
+        for f in range(frames.shape[0]):  # the draws of correct_defects on the whole stack
+            frames[f] = correct_defects(frames[f], bad, rng=rng)
     return loaded
 
 
-class _Summer:
-    """Aligned (optionally weighted) sums of one movie's frames, binned to ``out_shape``."""
+def _sums(
+    frames: torch.Tensor,
+    shifts: np.ndarray,
+    local: Any,
+    weights: list[DoseWeights | None],
+    out_shape: tuple[int, int],
+) -> list[torch.Tensor]:
+    """Aligned sums of one movie's frames, one per entry of ``weights``, binned to ``out_shape``.
 
-    def __init__(
-        self, frames: torch.Tensor, shifts: np.ndarray, local: Any, out_shape: tuple[int, int]
-    ) -> None:
-        self.frames = frames
-        self.shifts = shifts
-        self.local = local
-        self.shape = (int(frames.shape[-2]), int(frames.shape[-1]))
-        self.out_shape = out_shape
-        self.frames_ft = torch.fft.rfft2(frames) if local is None else None
+    All sums are made in one pass over the frames (each frame transformed, or warped with
+    local motion, once); dose weights are made one frame at a time.
+    """
+    if local is None:
+        totals = aligned_sums(frames, shifts, weights)
+    else:
+        from cryospa.core import local_alignment
 
-    def __call__(self, weights: torch.Tensor | None) -> torch.Tensor:
-        """The sum with per-frame Fourier ``weights`` (``(F, h, w // 2 + 1)``) or plain."""
-        if self.frames_ft is None:
-            from cryospa.core import local_alignment
-
-            total = local_alignment.shift_and_sum_local(
-                self.frames, self.shifts, self.local.coeffs_x, self.local.coeffs_y,
-                weights=weights)
-        else:
-            total = shift_and_sum(self.frames_ft, self.shifts, weights, shape=self.shape)
-        return fourier_crop(total, self.out_shape) if self.out_shape != self.shape else total
+        totals = local_alignment.aligned_sums_local(
+            frames, shifts, local.coeffs_x, local.coeffs_y, weights)
+    shape = (int(frames.shape[-2]), int(frames.shape[-1]))
+    return [fourier_crop(t, out_shape) if out_shape != shape else t for t in totals]
 
 
 def _write_sum(path: Path, image: torch.Tensor, pixel_size: float, float16: bool) -> None:
@@ -702,6 +716,7 @@ def _process_movie(ctx: JobContext, movie: _Movie, start_time: float) -> dict[st
     loaded = _load_frames(ctx, movie)
     n_frames, h, w = loaded.frames.shape
     frames = torch.from_numpy(loaded.frames).to(device)
+    loaded.frames = np.empty((0, 0, 0), np.float32)  # not held twice on a GPU (loaded.shape)
     apix = movie.pixel_size
     max_shift = None if p["max_shift"] is None else float(p["max_shift"])
     options: dict[str, Any] = {
@@ -726,23 +741,29 @@ def _process_movie(ctx: JobContext, movie: _Movie, start_time: float) -> dict[st
             frames, shifts, apix, patches=patches, group=group, max_shift_px=max_shift
         )
 
-    # sums
+    # sums: the dose-weighted and / or the plain one, in one pass
     dose = movie.dose_per_frame
     pre = movie.pre_exposure + (dose or 0.0) * loaded.start
-    weights = None
-    if p["dose_weighting"] and dose is not None:  # _check_dose: a dose when weighting
-        weights = dose_weights((h, w), apix, frame_end_exposures(n_frames, dose, pre),
-                               movie.voltage, device=device)
-    want_plain = (not p["dose_weighting"]) or p["save_noDW"] or p["save_ps"]
-    summer = _Summer(frames, shifts, local, _binned_shape((h, w), float(p["bin_factor"])))
-    out_pixel = apix * w / summer.out_shape[1]
+    weighted = bool(p["dose_weighting"]) and dose is not None  # _check_dose: a dose if asked
+    want_plain = (not weighted) or p["save_noDW"] or p["save_ps"]
+    weights: list[DoseWeights | None] = []
+    if weighted:
+        assert dose is not None
+        weights.append(DoseWeights((h, w), apix, frame_end_exposures(n_frames, dose, pre),
+                                   movie.voltage, device=device))
+    if want_plain:
+        weights.append(None)
+    out_shape = _binned_shape((h, w), float(p["bin_factor"]))
+    sums = _sums(frames, shifts, local, weights, out_shape)
+    del weights
+    out_pixel = apix * w / out_shape[1]
     stem = output_stem(movie.name)
     ctx.path(stem).parent.mkdir(parents=True, exist_ok=True)
     float16 = bool(p["float16"])
     result: dict[str, Any] = {}
-    plain = summer(None) if want_plain else None
-    if weights is not None:
-        _write_sum(ctx.path(stem + ".mrc"), summer(weights), out_pixel, float16)
+    plain = sums.pop() if want_plain else None
+    if weighted:
+        _write_sum(ctx.path(stem + ".mrc"), sums.pop(), out_pixel, float16)
         if p["save_noDW"] and plain is not None:
             _write_sum(ctx.path(stem + "_noDW.mrc"), plain, out_pixel, float16)
             result["micrograph_nodw"] = ctx.rel(stem + "_noDW.mrc")
@@ -753,7 +774,7 @@ def _process_movie(ctx: JobContext, movie: _Movie, start_time: float) -> dict[st
         write_mrc(ctx.path(stem + "_PS.mrc"), spectrum.cpu().numpy().astype(np.float32),
                   voxel_size_angstrom=out_pixel)
         result["power_spectrum"] = ctx.rel(stem + "_PS.mrc")
-    del summer, weights
+    del sums, plain
 
     motion = accumulated_motion(shifts, 1.0, dose_per_frame=dose or _DEFAULT_DOSE,
                                 pre_exposure=pre)
@@ -798,7 +819,7 @@ def _write_motion_star(
     bin_factor: float,
 ) -> None:
     """RELION's per-movie motion STAR (``data_general``, ``data_global_shift``, ...)."""
-    n_frames, h, w = loaded.frames.shape
+    n_frames, h, w = loaded.shape
     general: dict[str, Any] = {
         "rlnImageSizeX": int(w),
         "rlnImageSizeY": int(h),
