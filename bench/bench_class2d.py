@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
+
+# before torch is imported: OpenMP threads that sleep while they wait (see cryospa/__init__.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import shutil
 import statistics
 import subprocess
@@ -198,6 +202,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-relion", action="store_true")
     parser.add_argument("--adaptive-check", action="store_true")
+    parser.add_argument("--adaptive-check-only", action="store_true",
+                        help="only the adaptive check, on the cryospa run of --work")
     parser.add_argument("--vdam", type=int, default=0, metavar="MINIBATCHES",
                         help="also run cryospa with --vdam --minibatches MINIBATCHES")
     parser.add_argument("--work", type=Path, default=None, help="work folder (kept)")
@@ -207,6 +213,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="cryospa-bench-class2d-"))
     work.mkdir(parents=True, exist_ok=True)
     sim = simulate(work, args)
+    if args.adaptive_check_only:
+        _print_adaptive(adaptive_check(sim, work, args))
+        return
     rows = {"cryospa": run_cryospa(sim, work, args)}
     if args.vdam:
         rows[f"cryospa --vdam ({args.vdam} mini-batches)"] = run_cryospa(sim, work, args,
@@ -224,13 +233,16 @@ def main() -> None:
               f"{r['purity_min']:.3f} / {r['purity_weighted']:.3f} | {r['frc_median']:.1f} / "
               f"{r['frc_top3']:.1f} / {r['frc_best']:.1f} |")
     if args.adaptive_check:
-        a = adaptive_check(sim, work, args)
-        print(f"\nadaptive vs exhaustive, one iteration: {a['adaptive_s']:.1f} s vs "
-              f"{a['exhaustive_s']:.1f} s (x{a['speedup']:.1f}); fine poses per particle "
-              f"{a['fine_poses']:.0f} of {a['fine_poses_all']}; same class "
-              f"{100 * a['same_class']:.1f} %, same class, psi and offset "
-              f"{100 * a['same_pose']:.1f} %")
+        _print_adaptive(adaptive_check(sim, work, args))
     print(f"\nwork folder: {work}")
+
+
+def _print_adaptive(a: dict[str, float]) -> None:
+    print(f"\nadaptive vs exhaustive, one iteration: {a['adaptive_s']:.1f} s vs "
+          f"{a['exhaustive_s']:.1f} s (x{a['speedup']:.1f}); fine poses per particle "
+          f"{a['fine_poses']:.0f} of {a['fine_poses_all']}; same class "
+          f"{100 * a['same_class']:.1f} %, same class, psi and offset "
+          f"{100 * a['same_pose']:.1f} %")
 
 
 if __name__ == "__main__":
