@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryospa.errors import CryospaError
+from cryospa.errors import CryospaError, InputFileError
 from cryospa.io.star import Kind, RelionTable, read_relion_star
 from cryospa.project.nodes import NodeType
-from cryospa.project.schema import ResolvedInput
+from cryospa.project.schema import JobContext, ResolvedInput
 
-__all__ = ["SET_TYPES", "name_column", "read_set"]
+__all__ = ["SET_TYPES", "name_column", "read_input_set", "read_set"]
 
 #: Node types that are RELION metadata tables, and their table kind.
 SET_TYPES: dict[NodeType, Kind] = {
@@ -35,3 +35,16 @@ def name_column(table: RelionTable) -> str:
     if table.kind == "movies":
         return "rlnMicrographMovieName"
     return "rlnMicrographName"
+
+
+def read_input_set(ctx: JobContext, name: str, kind: Kind, fix: str) -> RelionTable | None:
+    """The RELION table of the job's input ``name``; None while a streamed input has no file yet.
+
+    ``fix`` says which jobs make a suitable input (for the error when the file is missing).
+    """
+    star = ctx.abs(ctx.input(name).path)
+    if not star.is_file():
+        if ctx.run.stream:
+            return None
+        raise InputFileError(star, f"{kind} STAR file not found", fix)
+    return read_relion_star(star, kind)

@@ -45,6 +45,7 @@ from cryospa.errors import InputFileError, ParameterError
 from cryospa.io.mrc import read_mrc, write_mrc
 from cryospa.io.star import RelionTable, joined, read_relion_star, write_relion_star
 from cryospa.jobs._coords import coordinate_file_name
+from cryospa.jobs._sets import read_input_set
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
     Input,
@@ -72,13 +73,11 @@ def _phase(params: Mapping[str, Any]) -> bool:
 
 def _micrographs(ctx: JobContext) -> dict[str, dict[str, Any]]:
     """Micrograph name -> its row's index, optics and power spectrum; {} before the set exists."""
+    table = read_input_set(ctx, "micrographs", "micrographs",
+                           "give the output of import micrographs or motioncorr")
+    if table is None:
+        return {}
     star = ctx.abs(ctx.input("micrographs").path)
-    if not star.is_file():
-        if ctx.run.stream:
-            return {}
-        raise InputFileError(star, "micrographs STAR file not found",
-                             "give the output of import micrographs or motioncorr")
-    table = read_relion_star(star, "micrographs")
     rows = joined(table)
     out: dict[str, dict[str, Any]] = {}
     for i, row in enumerate(rows.to_dict("records")):

@@ -41,8 +41,9 @@ from cryospa.errors import InputFileError, ParameterError
 from cryospa.io._files import write_text_atomic
 from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import read_mrc
-from cryospa.io.star import pixel_size_angstrom, read_relion_star, write_star
+from cryospa.io.star import pixel_size_angstrom, write_star
 from cryospa.jobs._coords import coordinate_file_name
+from cryospa.jobs._sets import read_input_set
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
     Input,
@@ -64,13 +65,10 @@ SUFFIX = "_autopick.star"
 
 def _micrographs(ctx: JobContext) -> dict[str, tuple[int, float]]:
     """Micrograph name -> (index in the input set, pixel size in Å); {} before the set exists."""
-    star = ctx.abs(ctx.input("micrographs").path)
-    if not star.is_file():
-        if ctx.run.stream:
-            return {}
-        raise InputFileError(star, "micrographs STAR file not found",
-                             "give the output of import micrographs, motioncorr or ctffind")
-    table = read_relion_star(star, "micrographs")
+    table = read_input_set(ctx, "micrographs", "micrographs",
+                           "give the output of import micrographs, motioncorr or ctffind")
+    if table is None:
+        return {}
     groups = (table.data["rlnOpticsGroup"].astype(int) if "rlnOpticsGroup" in table.data
               else pd.Series(1, index=table.data.index))
     sizes = {g: pixel_size_angstrom(table, g) for g in sorted(set(groups))}
