@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryospa.errors import CryospaError, InputFileError
 from cryospa.io.star import Kind, RelionTable, read_relion_star
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import JobContext, ResolvedInput
 
-__all__ = ["SET_TYPES", "name_column", "read_input_set", "read_set"]
+__all__ = ["SET_TYPES", "item_info", "list_cached", "name_column", "read_input_set", "read_set"]
 
 #: Node types that are RELION metadata tables, and their table kind.
 SET_TYPES: dict[NodeType, Kind] = {
@@ -48,3 +50,29 @@ def read_input_set(ctx: JobContext, name: str, kind: Kind, fix: str) -> RelionTa
             return None
         raise InputFileError(star, f"{kind} STAR file not found", fix)
     return read_relion_star(star, kind)
+
+
+_Info = TypeVar("_Info")
+_ITEMS = "input_items"
+
+
+def list_cached(ctx: JobContext, load: Callable[[JobContext], Mapping[str, Any]]) -> list[str]:
+    """The keys of an input set for ``list_items``, the set kept for :func:`item_info`.
+
+    ``load`` reads the set (again at every poll when streaming).
+    """
+    items = ctx.scratch[_ITEMS] = load(ctx)
+    return list(items)
+
+
+def item_info(
+    ctx: JobContext, key: str, load: Callable[[JobContext], Mapping[str, _Info]]
+) -> _Info:
+    """What :func:`list_cached` loaded for ``key``.
+
+    Loaded again if this process has not seen it (a worker process, or a new streamed item).
+    """
+    items = ctx.scratch.get(_ITEMS)
+    if not items or key not in items:
+        items = ctx.scratch[_ITEMS] = load(ctx)
+    return items[key]

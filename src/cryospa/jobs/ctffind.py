@@ -45,7 +45,7 @@ from cryospa.errors import InputFileError, ParameterError
 from cryospa.io.mrc import read_mrc, write_mrc
 from cryospa.io.star import RelionTable, joined, read_relion_star, write_relion_star
 from cryospa.jobs._coords import coordinate_file_name
-from cryospa.jobs._sets import read_input_set
+from cryospa.jobs._sets import item_info, list_cached, read_input_set
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
     Input,
@@ -234,16 +234,11 @@ class CtfFind(PerItemJob):
 
     def list_items(self, ctx: JobContext) -> list[str]:
         """The micrographs of the input set (re-read at every poll when streaming)."""
-        mics = _micrographs(ctx)
-        ctx.scratch["micrographs"] = mics
-        return list(mics)
+        return list_cached(ctx, _micrographs)
 
     def process_item(self, ctx: JobContext, key: str) -> dict[str, Any]:
         """Estimate the CTF of one micrograph; write its diagnostic image and plots."""
-        mics = ctx.scratch.get("micrographs") or {}
-        if key not in mics:
-            mics = _micrographs(ctx)
-        info = mics[key]
+        info = item_info(ctx, key, _micrographs)
         start = time.perf_counter()
         try:
             result = self._estimate(ctx, key, info)

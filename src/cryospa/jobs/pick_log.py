@@ -43,7 +43,7 @@ from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import read_mrc
 from cryospa.io.star import pixel_size_angstrom, write_star
 from cryospa.jobs._coords import coordinate_file_name
-from cryospa.jobs._sets import read_input_set
+from cryospa.jobs._sets import item_info, list_cached, read_input_set
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
     Input,
@@ -149,9 +149,7 @@ class PickLog(PerItemJob):
 
     def list_items(self, ctx: JobContext) -> list[str]:
         """The micrographs of the input set (re-read at every poll when streaming)."""
-        mics = _micrographs(ctx)
-        ctx.scratch["micrographs"] = mics
-        return list(mics)
+        return list_cached(ctx, _micrographs)
 
     def process_item(self, ctx: JobContext, key: str) -> dict[str, Any]:
         """Pick one micrograph; write its coordinate file (and picture)."""
@@ -160,10 +158,7 @@ class PickLog(PerItemJob):
         from cryospa.compute.device import resolve_device
         from cryospa.core.picking import pick_log
 
-        mics = ctx.scratch.get("micrographs") or {}
-        if key not in mics:
-            mics = _micrographs(ctx)
-        index, angpix = mics[key]
+        index, angpix = item_info(ctx, key, _micrographs)
         data, _ = read_mrc(ctx.abs(key))
         if data.ndim == 3 and data.shape[0] == 1:
             data = data[0]
