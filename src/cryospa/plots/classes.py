@@ -26,6 +26,8 @@ def class_gallery(
     *,
     title: str = "",
     columns: int = 0,
+    selected: np.ndarray | None = None,
+    captions: list[str] | None = None,
 ) -> np.ndarray:
     """Save a grid of class averages sorted by class size, each labelled.
 
@@ -43,6 +45,10 @@ def class_gallery(
         Figure title.
     columns
         Images per row (0: about square).
+    selected
+        ``(K,)`` booleans: a green frame around selected classes, a red one around the others.
+    captions
+        ``K`` extra caption lines (e.g. a score), one per class.
 
     Returns
     -------
@@ -53,7 +59,8 @@ def class_gallery(
     order = gallery_order(fractions)
     cols = columns if columns > 0 else max(1, math.ceil(math.sqrt(k)))
     rows = max(1, math.ceil(k / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.75 * rows + 0.4), squeeze=False)
+    height = 1.75 + (0.25 if captions is not None else 0.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, height * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for slot, cls in enumerate(order):
@@ -63,7 +70,18 @@ def class_gallery(
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
         res = float(resolutions_angstrom[cls])
         res_text = f"{res:.1f} Å" if res < 999 else "-"
-        ax.set_title(f"#{cls + 1}  {100 * float(fractions[cls]):.1f} %\n{res_text}", fontsize=7)
+        text = f"#{cls + 1}  {100 * float(fractions[cls]):.1f} %\n{res_text}"
+        if captions is not None:
+            text += "\n" + captions[cls]
+        ax.set_title(text, fontsize=7)
+        if selected is not None:
+            colour = "tab:green" if bool(selected[cls]) else "tab:red"
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2.5)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

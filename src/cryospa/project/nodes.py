@@ -97,6 +97,8 @@ def detect_node_type(
             return NodeType.MICROGRAPHS
         if "rlnCoordinateX" in columns:
             return NodeType.COORDINATES
+        if "optimiser_general" in names or "rlnModelStarFile" in columns:
+            return NodeType.OPTIMISER
         if "fsc" in names or "rlnFourierShellCorrelation" in columns:
             return NodeType.FSC
         if "general" in names and "rlnFinalResolution" in columns:

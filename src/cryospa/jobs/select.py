@@ -1,0 +1,330 @@
+"""``cryospa select``: keep the good 2D classes, by number or automatically (``--auto``).
+
+Input: a 2D classification (a ``cryospa class2d`` job, its ``run_optimiser.star`` or any
+iteration's ``run_itNNN_optimiser.star``; RELION's ``run_itNNN_optimiser.star`` works too). The
+optimiser names the model STAR file (class averages, class distribution, resolution, accuracies)
+and the particles STAR file (each particle's class).
+
+* ``--classes 1,4,7-9``: keep these classes (numbers as shown in the class2d gallery / table).
+* ``--auto``: rank the classes by interpretable features and keep those scoring at least
+  ``--min-score``. Each feature gives a sub-score between 0 (bad) and 1 (good); a class's score
+  is the product of its sub-scores, so one clear defect is enough to reject it:
+
+  ============== =========================================================== ==================
+  feature        what it is                                                  sub-score 1 / 0
+  ============== =========================================================== ==================
+  size           class fraction x number of classes (1 = an equal share)     >= 0.25 / 0
+  resolution     the class's estimated resolution / that of the best class    <= 3 / >= 5
+  contrast       s.d. inside the mask / median over the populated classes    0.25-2 / 0 or >= 3
+  edge           signal in the mask's outer ring / in its centre              <= 1 / >= 2
+  centring       centre of mass of the density from the box centre / radius   <= 0.1 / >= 0.3
+  ============== =========================================================== ==================
+
+  Too much contrast is ice contamination or carbon; signal at the mask edge is aggregates,
+  neighbours or ice edges; density off-centre is junk that did not align; a resolution much
+  worse than the best class's is noise or heterogeneous junk; tiny classes hold outliers (see
+  :mod:`cryospa.core.class_features`). ``class_scores.star`` lists every feature, sub-score and
+  score, so a user can see why a class was kept or rejected and adjust ``--min-score``.
+
+Outputs: ``particles.star`` (the particles of the kept classes, with their class, angle and
+origin, RELION 3.1), ``class_averages.star`` (the kept class averages, a ClassAverages set for
+``cryospa pick template``), ``class_scores.star`` (per class: particles, features, sub-scores,
+score, selected), ``selected.png`` (the gallery with kept classes framed green, rejected red, and
+their scores) and ``class_scores.txt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cryospa.errors import InputFileError, ParameterError
+from cryospa.io._files import write_text_atomic
+from cryospa.io.mrc import format_image_name, parse_image_name, read_mrc
+from cryospa.io.star import RelionTable, read_relion_star, read_star, write_relion_star, write_star
+from cryospa.jobs.sets import parse_rows
+from cryospa.project.nodes import NodeType
+from cryospa.project.schema import (
+    Input,
+    JobContext,
+    Output,
+    Param,
+    PerItemJob,
+    ResolvedInput,
+    RunOptions,
+    register,
+)
+
+__all__ = ["ClassSet", "Select", "class_scores", "read_classification"]
+
+_DESCRIPTION = __doc__ or ""
+
+#: The features and how they map to sub-scores: (column, good up to, bad from).
+FEATURES = ("size", "resolution", "contrast", "edge", "centring")
+
+
+@dataclass
+class ClassSet:
+    """A 2D classification read back: its classes and particles."""
+
+    model_path: Path
+    particles: RelionTable
+    classes: pd.DataFrame  # model_classes (rlnReferenceImage, rlnClassDistribution, ...)
+    images: np.ndarray  # (K, n, n) class averages
+    pixel_size_angstrom: float
+    particle_diameter_angstrom: float
+    iteration: int
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes K."""
+        return len(self.classes)
+
+    def counts(self) -> np.ndarray:
+        """Particles per class (K,)."""
+        numbers = self.particles.data["rlnClassNumber"].to_numpy(dtype=np.int64)
+        return np.bincount(numbers - 1, minlength=self.n_classes)[: self.n_classes]
+
+
+def _locate(path: str, project_dir: Path, star: Path) -> Path:
+    """A path written in an optimiser / model file: relative to the project or a parent folder."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    candidates = [project_dir / p, *(parent / p for parent in star.parents), star.parent / p.name]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise InputFileError(star, f"it names {path}, which is not found (looked relative to the "
+                         "project and the file's folders)",
+                         "give the optimiser of a complete 2D classification")
+
+
+def read_classification(optimiser: Path, project_dir: Path) -> ClassSet:
+    """Read a 2D classification from its optimiser STAR file (ours or RELION's)."""
+    general = read_star(optimiser).get("optimiser_general")
+    if general is None or "rlnModelStarFile" not in general.columns:
+        raise InputFileError(optimiser, "not an optimiser STAR file (no data_optimiser_general "
+                             "with rlnModelStarFile)",
+                             "give a class2d job or its run_optimiser.star")
+    row = general.iloc[0]
+    model_path = _locate(str(row["rlnModelStarFile"]), project_dir, optimiser)
+    data_path = _locate(str(row["rlnExperimentalDataStarFile"]), project_dir, optimiser)
+    blocks = read_star(model_path)
+    model_general = blocks.get("model_general")
+    classes = blocks.get("model_classes")
+    if model_general is None or classes is None or "rlnReferenceImage" not in classes.columns:
+        raise InputFileError(model_path, "no data_model_general / data_model_classes tables",
+                             "give the model STAR file of a 2D classification")
+    if int(model_general.iloc[0].get("rlnReferenceDimensionality", 2)) != 2:
+        raise InputFileError(model_path, "this is a 3D classification; select works on 2D "
+                             "classes", "give a class2d job")
+    particles = read_relion_star(data_path, "particles")
+    if "rlnClassNumber" not in particles.data.columns:
+        raise InputFileError(data_path, "the particles have no rlnClassNumber column",
+                             "give the data STAR file of a 2D classification")
+    images = []
+    for name in classes["rlnReferenceImage"].astype(str):
+        index, stack = parse_image_name(name)
+        data, _ = read_mrc(_locate(stack, project_dir, model_path))
+        images.append(data[index or 0] if data.ndim == 3 else data)
+    apix = float(model_general.iloc[0]["rlnPixelSize"])
+    diameter = float(row.get("rlnParticleDiameter", -1))
+    if not diameter > 0:
+        diameter = 0.9 * images[0].shape[-1] * apix
+    return ClassSet(model_path, particles, classes.reset_index(drop=True),
+                    np.stack(images).astype(np.float32), apix, diameter,
+                    int(row.get("rlnCurrentIteration", 0)))
+
+
+def _ramp(value: np.ndarray, good: float, bad: float) -> np.ndarray:
+    """1 where ``value`` is on the good side of ``good``, 0 beyond ``bad``, linear between."""
+    t = (np.asarray(value, dtype=np.float64) - good) / (bad - good)
+    return np.clip(1.0 - t, 0.0, 1.0)
+
+
+def class_scores(cs: ClassSet) -> pd.DataFrame:
+    """Features, sub-scores and score of every class (see the module docstring)."""
+    import torch
+
+    from cryospa.core.class_features import class_image_features
+
+    k = cs.n_classes
+    counts = cs.counts()
+    fraction = counts / max(1, int(counts.sum()))
+    radius = cs.particle_diameter_angstrom / 2 / cs.pixel_size_angstrom
+    feats = {name: t.numpy() for name, t in
+             class_image_features(torch.from_numpy(cs.images), radius).items()}
+    res = cs.classes.get("rlnEstimatedResolution",
+                         pd.Series(np.full(k, 999.0))).to_numpy(dtype=np.float64)
+    populated = fraction * k >= 0.25
+    res_ok = np.where(populated & (res < 999), res, np.inf)
+    best = float(res_ok.min()) if np.isfinite(res_ok).any() else np.inf
+    res_ratio = np.where((res < 999) & np.isfinite(best), res / best, np.inf)
+    contrast = feats["contrast"]
+    reference = float(np.median(contrast[populated])) if populated.any() else float(
+        np.median(contrast))
+    contrast_ratio = contrast / reference if reference > 0 else np.zeros(k)
+    centring = feats["centre_offset_px"] / radius
+    sub = {
+        "size": _ramp(-fraction * k, -0.25, 0.0),
+        "resolution": np.where(np.isfinite(res_ratio), _ramp(res_ratio, 3.0, 5.0), 0.0),
+        "contrast": np.minimum(_ramp(contrast_ratio, 2.0, 3.0),
+                               _ramp(-contrast_ratio, -0.25, 0.0)),
+        "edge": _ramp(feats["edge_ratio"], 1.0, 2.0),
+        "centring": _ramp(centring, 0.1, 0.3),
+    }
+    score = np.prod(np.stack([sub[f] for f in FEATURES]), axis=0)
+    return pd.DataFrame({
+        "rlnClassNumber": np.arange(1, k + 1),
+        "rlnGroupNrParticles": counts.astype(np.int64),
+        "rlnClassDistribution": fraction,
+        "rlnEstimatedResolution": res,
+        "featureResolutionRatio": np.where(np.isfinite(res_ratio), res_ratio, 999.0),
+        "featureContrastRatio": contrast_ratio,
+        "featureEdgeRatio": feats["edge_ratio"],
+        "featureCentreOffset": centring,
+        **{f"score{f.capitalize()}": sub[f] for f in FEATURES},
+        "rlnClassScore": score,
+    })
+
+
+def _class_choice(params: Mapping[str, Any], k: int) -> str:
+    if params["auto"] == bool(params["classes"]):
+        raise ParameterError("select: give either --classes (e.g. 1,3,5-7) or --auto")
+    if params["classes"]:
+        try:
+            parse_rows(params["classes"], k)
+        except ParameterError as err:
+            raise ParameterError(str(err).replace("--rows", "--classes").replace(
+                "row", "class")) from err
+    return "auto" if params["auto"] else "classes"
+
+
+@register
+class Select(PerItemJob):
+    """Keep 2D classes by number or by automatic ranking (see the module docstring)."""
+
+    name = "select"
+    folder = "Select"
+    relion_type = 7  # PROC_CLASSSELECT
+    description = _DESCRIPTION
+    streamable = False
+    inputs = (
+        Input("classes_from", (NodeType.OPTIMISER,),
+              help="a 2D classification: a class2d job, or its (iteration's) optimiser STAR "
+              "file", relion="fn_model"),
+    )
+    params = (
+        Param("classes", str, "", kind="text", metavar="NUMBERS",
+              help="class numbers to keep, e.g. 1,4,7-9 (as in the class2d gallery)"),
+        Param("auto", bool, False, help="rank the classes automatically by interpretable "
+              "features and keep those scoring at least --min-score", relion="do_class_ranker"),
+        Param("min_score", float, 0.5, range=(0, 1), metavar="SCORE",
+              help="with --auto: keep classes whose score (product of the feature sub-scores, "
+              "0 to 1) is at least this", relion="rank_threshold"),
+    )
+    outputs = (
+        Output("particles", NodeType.PARTICLES, "particles.star"),
+        Output("class_averages", NodeType.CLASS_AVERAGES, "class_averages.star"),
+    )
+    citations = ("Scheres (2012) J. Mol. Biol. 415:406-418 (RELION; 2D class selection)",)
+
+    def check(
+        self,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, list[ResolvedInput]],
+        project_dir: Path,
+        run: RunOptions,
+    ) -> None:
+        """The classification must be readable; the class numbers must exist."""
+        cs = read_classification(project_dir / inputs["classes_from"][0].path, project_dir)
+        _class_choice(params, cs.n_classes)
+
+    def list_items(self, ctx: JobContext) -> list[str]:
+        """One item."""
+        return ["select"]
+
+    def process_item(self, ctx: JobContext, key: str) -> dict[str, Any]:
+        """Score, select, write."""
+        cs = read_classification(ctx.abs(ctx.input("classes_from").path), ctx.project_dir)
+        k = cs.n_classes
+        scores = class_scores(cs)
+        if _class_choice(ctx.params, k) == "auto":
+            keep = scores["rlnClassScore"].to_numpy() >= float(ctx.params["min_score"])
+        else:
+            keep = np.zeros(k, dtype=bool)
+            keep[parse_rows(ctx.params["classes"], k)] = True
+        scores["rlnSelected"] = keep.astype(np.int64)
+        chosen = np.flatnonzero(keep) + 1
+        table = cs.particles
+        data = table.data[table.data["rlnClassNumber"].isin(chosen)].reset_index(drop=True)
+        used = set(data["rlnOpticsGroup"].tolist())
+        optics = table.optics[table.optics["rlnOpticsGroup"].isin(used)].reset_index(drop=True)
+        write_relion_star(ctx.path("particles.star"), RelionTable("particles", data, optics))
+
+        first = table.optics.iloc[:1].copy()
+        first["rlnOpticsGroup"] = 1
+        first["rlnImagePixelSize"] = cs.pixel_size_angstrom
+        first["rlnImageSize"] = cs.images.shape[-1]
+        first["rlnImageDimensionality"] = 2
+        rows = cs.classes.iloc[chosen - 1].reset_index(drop=True)
+        averages = pd.DataFrame({
+            "rlnImageName": [format_image_name(i, ctx.rel("class_averages.mrcs"))
+                             for i in range(len(chosen))],
+            "rlnReferenceImage": rows["rlnReferenceImage"],
+            "rlnClassNumber": chosen,
+            "rlnClassDistribution": scores["rlnClassDistribution"].to_numpy()[chosen - 1],
+            "rlnEstimatedResolution": scores["rlnEstimatedResolution"].to_numpy()[chosen - 1],
+            "rlnClassScore": scores["rlnClassScore"].to_numpy()[chosen - 1],
+            "rlnOpticsGroup": np.ones(len(chosen), dtype=np.int64),
+        })
+        from cryospa.io.mrc import write_mrc
+
+        write_mrc(ctx.path("class_averages.mrcs"), cs.images[chosen - 1],
+                  voxel_size_angstrom=cs.pixel_size_angstrom)
+        write_relion_star(ctx.path("class_averages.star"),
+                          RelionTable("particles", averages, first.reset_index(drop=True)))
+        write_star(ctx.path("class_scores.star"), {"class_scores": scores})
+        write_text_atomic(ctx.path("class_scores.txt"), _score_text(scores))
+        ctx.log(_score_text(scores).rstrip())
+        from cryospa.plots.classes import class_gallery
+
+        class_gallery(
+            cs.images, scores["rlnClassDistribution"].to_numpy(),
+            scores["rlnEstimatedResolution"].to_numpy(), ctx.path("selected.png"),
+            selected=keep, captions=[f"score {s:.2f}" for s in scores["rlnClassScore"]],
+            title=f"{ctx.job_name}: {len(chosen)} of {k} classes, {len(data)} of "
+            f"{len(table.data)} particles kept",
+        )
+        return {"classes": [int(c) for c in chosen], "n_classes": k, "kept": len(data),
+                "of": len(table.data), "mode": "auto" if ctx.params["auto"] else "classes"}
+
+    def summary(self, ctx: JobContext, results: list[tuple[str, dict[str, Any]]]) -> str:
+        """``kept 8 of 20 classes (auto): 4210 of 5000 particles``."""
+        r = results[0][1]
+        return (f"kept {len(r['classes'])} of {r['n_classes']} classes ({r['mode']}): "
+                f"{r['kept']} of {r['of']} particles")
+
+
+def _score_text(scores: pd.DataFrame) -> str:
+    lines = ["class  particles  resolution  res.ratio  contrast  edge  centring | size  res  "
+             "contr  edge  centr | score  kept"]
+    order = np.argsort(-scores["rlnClassScore"].to_numpy(), kind="stable")
+    for i in order:
+        r = scores.iloc[i]
+        res = float(r["rlnEstimatedResolution"])
+        lines.append(
+            f"{int(r['rlnClassNumber']):5d}  {int(r['rlnGroupNrParticles']):9d}  "
+            f"{res if res < 999 else float('inf'):10.1f}  {float(r['featureResolutionRatio']):9.2f}"
+            f"  {float(r['featureContrastRatio']):8.2f}  {float(r['featureEdgeRatio']):4.2f}  "
+            f"{float(r['featureCentreOffset']):8.2f} | "
+            + "  ".join(f"{float(r['score' + f.capitalize()]):4.2f}" for f in FEATURES)
+            + f" | {float(r['rlnClassScore']):5.2f}  {'yes' if r['rlnSelected'] else 'no'}"
+        )
+    return "\n".join(lines) + "\n"

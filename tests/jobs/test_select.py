@@ -1,0 +1,188 @@
+"""``cryospa select``: classes by number, automatic ranking, junk rejection, bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryospa.core.class_features import class_image_features
+from cryospa.errors import InputFileError, ParameterError
+from cryospa.io.mrc import read_mrc
+from cryospa.io.star import read_relion_star, read_star
+from cryospa.jobs.select import ClassSet, class_scores, read_classification
+from cryospa.project.project import JobRecord, Project
+from cryospa.project.runner import submit
+from cryospa.project.schema import get_job_type
+from tests.conftest import SHARED_DATA
+from tests.jobs.test_class2d import BETAGAL, FAST, SMALL, _import, class_purity
+
+# --------------------------------------------------------------------------------------
+# features on synthetic class averages
+# --------------------------------------------------------------------------------------
+
+
+def _blob(n: int, centre: tuple[float, float], radius: float) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.arange(n, dtype=torch.float64) - n // 2,
+                          torch.arange(n, dtype=torch.float64) - n // 2, indexing="ij")
+    r = torch.hypot(x - centre[0], y - centre[1])
+    return torch.clamp(radius - r, 0, 2) / 2
+
+
+def test_features_of_centred_off_centre_and_edge_heavy_averages() -> None:
+    n, radius = 64, 24.0
+    centred = _blob(n, (0, 0), 10)
+    off = _blob(n, (12, 5), 8)
+    ring = _blob(n, (0, 0), 23) - _blob(n, (0, 0), 16)  # density only near the mask edge
+    f = class_image_features(torch.stack([centred, off, ring]), radius)
+    assert f["centre_offset_px"][0] < 0.5
+    assert abs(float(f["centre_offset_px"][1]) - 13.0) < 1.5  # |(12, 5)| = 13
+    assert f["edge_ratio"][0] < 0.05 < 1.5 < f["edge_ratio"][2]
+    # contrast: scale-equivariant
+    g = class_image_features(torch.stack([3 * centred]), radius)
+    assert torch.allclose(g["contrast"][0], 3 * f["contrast"][0])
+    with pytest.raises(ValueError):
+        class_image_features(centred[None], 1.5)
+
+
+def _class_set(images: np.ndarray, counts: list[int], res: list[float]) -> ClassSet:
+    import pandas as pd
+
+    from cryospa.io.star import RelionTable
+
+    numbers = np.repeat(np.arange(1, len(counts) + 1), counts)
+    particles = RelionTable("particles", pd.DataFrame({"rlnClassNumber": numbers,
+                                                       "rlnOpticsGroup": 1}),
+                            pd.DataFrame({"rlnOpticsGroup": [1]}))
+    classes = pd.DataFrame({"rlnReferenceImage": [f"{i + 1:06d}@c.mrcs" for i in range(len(res))],
+                            "rlnEstimatedResolution": res})
+    return ClassSet(Path("m.star"), particles, classes, images.astype(np.float32), 4.0, 180.0, 1)
+
+
+def test_scores_reject_each_kind_of_bad_class() -> None:
+    n = 64  # radius 22.5 px
+    good = [(_blob(n, (0, 0), 11) + 0.3 * _blob(n, (3, 0), 5)).numpy() for _ in range(4)]
+    noise = np.random.default_rng(0).normal(0, 0.02, (n, n))
+    ice = 2 * _blob(n, (0, 0), 19).numpy()            # flat disc with its edge near the mask
+    strong = 5 * good[0]                              # contrast far above the others
+    off = _blob(n, (10, 8), 9).numpy()                # not centred
+    images = np.stack([*good, ice + noise, strong, off, good[0], good[0]])
+    counts = [100, 100, 100, 100, 40, 40, 40, 40, 1]
+    res = [10.0, 11.0, 12.0, 29.0, 12.0, 12.0, 12.0, 55.0, 12.0]
+    s = class_scores(_class_set(images, counts, res))
+    kept = s["rlnClassScore"].to_numpy() >= 0.5
+    assert kept.tolist() == [True, True, True, True, False, False, False, False, False]
+    assert s["scoreEdge"][4] == 0 and s["scoreContrast"][5] == 0 and s["scoreCentring"][6] == 0
+    assert s["scoreResolution"][7] == 0 and s["scoreSize"][8] < 0.5
+    assert s["rlnClassScore"].between(0, 1).all()
+
+
+# --------------------------------------------------------------------------------------
+# the job on a small classification
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classified(simulated: Callable[..., Path],
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, JobRecord, Path]:
+    if not BETAGAL.is_file():
+        pytest.skip(f"{BETAGAL} not found (shared data)")
+    sim = simulated(*SMALL)
+    project = Project.init(tmp_path_factory.mktemp("sel") / "P")
+    _import(project, sim)
+    record = submit(project, get_job_type("class2d"), FAST, {"particles": ["job001"]})
+    assert record.status == "succeeded", record.error
+    return project, record, sim
+
+
+def _select(project: Project, **params: object) -> JobRecord:
+    return submit(project, get_job_type("select"), params, {"classes_from": ["job002"]})
+
+
+def test_select_classes_by_number(classified: tuple[Project, JobRecord, Path]) -> None:
+    project, c2d, _ = classified
+    record = _select(project, classes="1,3")
+    assert record.status == "succeeded", record.error
+    out = project.root / record.dir
+    data = read_relion_star(project.root / c2d.dir / "run_data.star", "particles").data
+    kept = read_relion_star(out / "particles.star", "particles").data
+    assert len(kept) == int(data["rlnClassNumber"].isin([1, 3]).sum()) > 0
+    assert set(kept["rlnClassNumber"]) <= {1, 3}
+    assert {"rlnAnglePsi", "rlnOriginXAngst", "rlnImageName"} <= set(kept.columns)
+    averages = read_relion_star(out / "class_averages.star")
+    assert averages.data["rlnClassNumber"].tolist() == [1, 3]
+    assert float(averages.optics["rlnImagePixelSize"].iloc[0]) == pytest.approx(7.08)
+    images, _ = read_mrc(out / "class_averages.mrcs")
+    classes, _ = read_mrc(project.root / c2d.dir / "run_it005_classes.mrcs")
+    np.testing.assert_array_equal(images, classes[[0, 2]])
+    scores = read_star(out / "class_scores.star")["class_scores"]
+    assert scores["rlnSelected"].tolist() == [1, 0, 1, 0]
+    assert (out / "selected.png").stat().st_size > 0
+
+
+def test_auto_keeps_the_classes_of_clean_data(
+        classified: tuple[Project, JobRecord, Path]) -> None:
+    project, c2d, _ = classified
+    record = _select(project, auto=True)
+    assert record.status == "succeeded", record.error
+    scores = read_star(project.root / record.dir / "class_scores.star")["class_scores"]
+    big = scores["rlnClassDistribution"] >= 0.1
+    assert big.sum() >= 2
+    assert (scores["rlnSelected"][big] == 1).all(), scores
+    assert "kept" in record.summary and "auto" in record.summary
+
+
+def test_bad_choices_are_refused(classified: tuple[Project, JobRecord, Path]) -> None:
+    project, _, _ = classified
+    for params, words in (({}, "--classes"), ({"classes": "1", "auto": True}, "either"),
+                          ({"classes": "2,9"}, "last class")):
+        with pytest.raises(ParameterError, match=words):
+            _select(project, **params)
+
+
+def test_a_3d_classification_is_refused(tmp_path: Path) -> None:
+    optimiser = SHARED_DATA / "maps" / "betagal_relion1x_test" / "out_it005_optimiser.star"
+    if not optimiser.is_file():
+        pytest.skip(f"{optimiser} not found (shared data)")
+    with pytest.raises(InputFileError) as err:
+        read_classification(optimiser, tmp_path)
+    assert "out_it005" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------
+# the issue's criterion: two molecules + 15 % junk
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_junk_lands_in_rejected_classes(simulated: Callable[..., Path], tmp_path: Path) -> None:
+    from tests.jobs.junk_data import extract_with_labels, simulate_args
+
+    if not BETAGAL.is_file():
+        pytest.skip(f"{BETAGAL} not found (shared data)")
+    sim = simulated(*simulate_args(30, 100, 0.15, 11))
+    project = Project.init(tmp_path / "P")
+    extract, labels = extract_with_labels(project, sim)
+    assert abs((labels < 0).mean() - 0.15) < 0.01
+    c2d = submit(project, get_job_type("class2d"),
+                 {"classes": 20, "iterations": 25, "particle_diameter": 200.0, "threads": 2},
+                 {"particles": [extract.name]})
+    assert c2d.status == "succeeded", c2d.error
+    sel = submit(project, get_job_type("select"), {"auto": True},
+                 {"classes_from": [c2d.name]})
+    assert sel.status == "succeeded", sel.error
+    assigned = read_relion_star(project.root / c2d.dir / "run_data.star",
+                                "particles").data["rlnClassNumber"].to_numpy()
+    kept = read_relion_star(project.root / sel.dir / "class_averages.star").data
+    kept_classes = set(kept["rlnClassNumber"].astype(int))
+    in_kept = np.isin(assigned, list(kept_classes))
+    junk = labels < 0
+    assert (junk & ~in_kept).sum() >= 0.8 * junk.sum()
+    molecules = labels > 0
+    purity = class_purity(assigned[molecules & in_kept], labels[molecules & in_kept])
+    assert all(p >= 0.95 for _, p in purity.values()), purity
+    # most of the good particles are kept
+    assert (molecules & in_kept).sum() >= 0.8 * molecules.sum()
