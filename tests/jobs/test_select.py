@@ -125,7 +125,7 @@ def test_select_classes_by_number(classified: tuple[Project, JobRecord, Path]) -
 
 def test_auto_keeps_the_classes_of_clean_data(
         classified: tuple[Project, JobRecord, Path]) -> None:
-    project, c2d, _ = classified
+    project, _, _ = classified
     record = _select(project, auto=True)
     assert record.status == "succeeded", record.error
     scores = read_star(project.root / record.dir / "class_scores.star")["class_scores"]
