@@ -388,14 +388,15 @@ def test_streaming_extracts_each_micrograph_once(project: Project, tmp_path: Pat
     mics = submit(project, get_job_type("import micrographs"),
                   {"micrographs": "Raw/*.mrc", "angpix": 2.0, "settle": 0.2}, {},
                   run=fast, background=True)
+    # started before the import has written any micrograph: waits for them
+    coords = submit(project, get_job_type("import coordinates"),
+                    {"coords": "Picks/*.star", "settle": 0.2}, {"mics": [mics.name]},
+                    run=fast, background=True)
     deliver(sources[0])
     deadline = time.monotonic() + 60
     while not (project.path(mics.dir) / "micrographs.star").is_file():  # the first batch
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    coords = submit(project, get_job_type("import coordinates"),
-                    {"coords": "Picks/*.star", "settle": 0.2}, {"mics": [mics.name]},
-                    run=fast, background=True)
     extract = submit(project, get_job_type("extract"), {"box": 32},
                      {"micrographs": [mics.name], "coordinates": [coords.name]},
                      run=fast, background=True)

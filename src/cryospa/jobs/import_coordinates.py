@@ -24,6 +24,7 @@ from cryospa.io.coords import read_coordinates, write_coordinates_star
 from cryospa.io.star import read_relion_star, write_star
 from cryospa.jobs._coords import coordinate_file_name
 from cryospa.jobs._importing import SETTLE_PARAM, list_pattern, stable_files
+from cryospa.jobs._sets import read_input_set
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
     Input,
@@ -112,13 +113,18 @@ class ImportCoordinates(PerItemJob):
         """Coordinate files that match a micrograph."""
         stems = ctx.scratch.get("stems")
         if stems is None or ctx.run.stream:
-            stems = ctx.scratch["stems"] = _stems(ctx.project_dir, ctx.input("mics").path)
+            table = read_input_set(ctx, "mics", "micrographs",
+                                   "give the output of import micrographs, motioncorr or ctffind")
+            if table is None:  # streaming: the micrographs are not written yet
+                return []
+            stems = ctx.scratch["stems"] = {Path(str(m)).stem: str(m)
+                                            for m in table.data["rlnMicrographName"]}
         files = stable_files(ctx, list_pattern(ctx, ctx.params["coords"]), slot="coords")
         return [f for f in files if _micrograph_for(f, stems)]
 
     def process_item(self, ctx: JobContext, key: str) -> dict[str, Any]:
         """Read one coordinate file and write it in RELION's layout."""
-        stems = _stems(ctx.project_dir, ctx.input("mics").path)
+        stems = ctx.scratch.get("stems") or _stems(ctx.project_dir, ctx.input("mics").path)
         mic = _micrograph_for(key, stems)
         if mic is None:
             raise InputFileError(key, "matches no micrograph of the input set")
