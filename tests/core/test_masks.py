@@ -127,7 +127,7 @@ BETAGAL = Path("maps/betagal_relion1x_test/ref_model.mrc")
     ("threshold", "extend", "width", "lowpass"),
     [
         (0.0002, 3, 5, None),
-        (0.0003, 2, 6, 15.0),  # 23.6 shells: RELION rounds the cut to shell 24, we do not
+        (0.0003, 2, 6, 15.0),  # 23.6 shells: rounded to shell 24 as RELION
     ],
 )
 def test_mask_from_map_matches_relion_mask_create(

@@ -9,19 +9,192 @@ they equal sums over the full FFT.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from cryospa.core.filters import _radial_sums, shell_radius_grid
+from cryospa.core.filters import _half_grid_weights
 
 __all__ = [
+    "ShellGrid",
+    "apply_fsc_weighting",
+    "first_shell_below",
     "fsc",
     "fsc_corrected_for_masking",
+    "fsc_corrected_for_particle_fraction",
+    "fsc_fourier",
     "fsc_weighting_curve",
+    "last_shell_at_or_above",
     "phase_randomise",
+    "phase_randomise_fourier",
     "resolution_at_threshold",
     "shell_resolutions_angstrom",
 ]
+
+
+#: rfft coefficients handled at once by ShellGrid's float64 work (bounds its temporary memory)
+_CHUNK = 1 << 22
+
+
+class ShellGrid:
+    """The Fourier shells of a real box's rfft grid, computed once and reused.
+
+    Every function of this module that needs the shell of each Fourier coefficient (FSC, radial
+    sums, per-shell weights, randomisation radius) builds one; a caller that runs several of
+    them on the same box (post-processing runs a dozen) builds it once and passes it on. Only the
+    shell index is stored (int32); radii are recomputed in float64 a slab of the grid at a time,
+    and sums accumulate in float64 slab by slab, so the temporaries stay small (about 64 MB)
+    whatever the box.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Real-space box ``(h, w)`` or ``(d, h, w)``.
+    n_shells : int
+        ``max(shape) // 2 + 1``.
+    index : torch.Tensor
+        rfft-grid int32 shell index ``round(|k| n)`` of each coefficient; ``n_shells`` for the
+        corners beyond the last shell.
+    column_weights : torch.Tensor
+        ``(w // 2 + 1,)`` multiplicity of each rfft column in the full FFT (float64).
+    counts : torch.Tensor
+        ``(n_shells,)`` number of full-FFT coefficients per shell (float64).
+
+    """
+
+    def __init__(self, shape: tuple[int, ...], *, device: torch.device | str | None = None):
+        if len(shape) not in (2, 3) or any(int(s) < 1 for s in shape):
+            raise ValueError(f"shape must be 2 or 3 positive sizes, got {shape}")
+        self.shape = tuple(int(s) for s in shape)
+        self.n_shells = max(self.shape) // 2 + 1
+        n = max(self.shape)
+        f64 = torch.float64
+        # |k| n per axis (cycles per pixel times the largest edge), as shell_radius_grid
+        self._axes = [torch.fft.fftfreq(s, device=device, dtype=f64) * n for s in self.shape[:-1]]
+        self._axes.append(torch.fft.rfftfreq(self.shape[-1], device=device, dtype=f64) * n)
+        self.index = torch.empty(self.rfft_shape, device=device, dtype=torch.int32)
+        for start in self._slabs():
+            r = self.radius_slab(start)
+            idx = torch.floor(r + 0.5)
+            self.index[start : start + r.shape[0]] = torch.where(idx < self.n_shells, idx,
+                                                                 self.n_shells).to(torch.int32)
+        self.column_weights = _half_grid_weights(self.shape[-1], device=device, dtype=f64)
+        ones = torch.ones((), device=device, dtype=f64).expand(self.rfft_shape)
+        self.counts = self.sums(ones)
+
+    @property
+    def ndim(self) -> int:
+        """2 or 3."""
+        return len(self.shape)
+
+    @property
+    def rfft_shape(self) -> tuple[int, ...]:
+        """Shape of the rfft grid."""
+        return tuple(a.shape[0] for a in self._axes)
+
+    @property
+    def radius(self) -> torch.Tensor:
+        """rfft-grid radius ``|k| n`` in Fourier pixels (float64, computed on each call)."""
+        return self.radius_slab(0, self.rfft_shape[0])
+
+    def radius_slab(self, start: int, stop: int | None = None) -> torch.Tensor:
+        """Radii (float64) of rows ``start:stop`` of the first grid axis (default: one slab)."""
+        stop = min(start + self._step(), self.rfft_shape[0]) if stop is None else stop
+        first = self._axes[0][start:stop]
+        r2 = first.reshape(-1, *([1] * (self.ndim - 1))) ** 2
+        for axis, a in enumerate(self._axes[1:], start=1):
+            view = [1] * self.ndim
+            view[axis] = a.shape[0]
+            r2 = r2 + a.reshape(view) ** 2
+        return torch.sqrt(r2)
+
+    def _step(self) -> int:
+        """Rows of the first grid axis per slab (about ``_CHUNK`` coefficients)."""
+        per_row = math.prod(self.rfft_shape[1:])
+        return max(1, _CHUNK // max(1, per_row))
+
+    def _slabs(self) -> range:
+        """Start indices of the slabs along the first grid axis."""
+        return range(0, self.rfft_shape[0], self._step())
+
+    def sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Full-FFT shell sums ``(..., n_shells)`` of a real quantity ``(..., *rfft_shape)``.
+
+        The quantity is assumed Friedel-symmetric (``|F|^2``, ``Re(A conj(B))``, ``|F|``);
+        each rfft column counts as many times as it stands for in the full FFT. Sums are
+        accumulated in float64 and returned in the dtype of ``values``.
+        """
+        rshape = self.rfft_shape
+        if tuple(values.shape[-self.ndim:]) != rshape:
+            raise ValueError(f"values must end with the rfft grid {rshape}, got "
+                             f"{tuple(values.shape)}")
+        lead = values.shape[: -self.ndim]
+        v = values.reshape(-1, *rshape)  # (B, *rfft_shape)
+        out = torch.zeros(v.shape[0], self.n_shells + 1, device=values.device,
+                          dtype=torch.float64)  # float64 sums: shells hold up to ~1e6 terms
+        step = self._step()
+        for start in self._slabs():
+            part = (v[:, start : start + step].to(torch.float64) * self.column_weights).reshape(
+                v.shape[0], -1)
+            # int64 and dim 0: index_add_ is ~40x slower with an int32 index along dim 1
+            idx = self.index[start : start + step].reshape(-1).to(torch.int64)
+            for b in range(v.shape[0]):
+                out[b].index_add_(0, idx, part[b])
+        return out[:, : self.n_shells].reshape(*lead, self.n_shells).to(values.dtype)
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Full-FFT shell averages ``(..., n_shells)`` (see :meth:`sums`)."""
+        return self.sums(values) / self.counts.to(values.dtype)
+
+    def per_coefficient(self, curve: torch.Tensor, *, beyond: float = 0.0) -> torch.Tensor:
+        """rfft-grid tensor holding ``curve[shell]`` at each coefficient (``beyond`` in corners).
+
+        ``curve`` is ``(n_shells,)``; no interpolation between shells (as RELION).
+        """
+        if curve.ndim != 1 or curve.shape[0] != self.n_shells:
+            raise ValueError(f"curve must be ({self.n_shells},), got {tuple(curve.shape)}")
+        full = torch.cat([curve, curve.new_full((1,), beyond)])
+        return full[self.index]
+
+    def radial_map(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype
+    ) -> torch.Tensor:
+        """rfft-grid tensor ``fn(radius)`` of ``dtype``, evaluated a slab at a time.
+
+        ``fn`` maps float64 radii (Fourier pixels, any shape) to values of the same shape.
+        """
+        out = torch.empty(self.rfft_shape, device=self.index.device, dtype=dtype)
+        step = self._step()
+        for start in self._slabs():
+            out[start : start + step] = fn(self.radius_slab(start)).to(dtype)
+        return out
+
+    def scale_radially(
+        self, f: torch.Tensor, factor: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Multiply ``f`` in place by ``factor(radius)``, a slab of the grid at a time.
+
+        ``f`` is ``(*rfft_shape)`` (complex or real); ``factor`` maps float64 radii (Fourier
+        pixels, any shape) to real factors of the same shape. Returns ``f``.
+        """
+        if tuple(f.shape) != self.rfft_shape:
+            raise ValueError(f"f must have the rfft shape {self.rfft_shape}, got {tuple(f.shape)}")
+        real = f.real.dtype if f.is_complex() else f.dtype
+        step = self._step()
+        for start in self._slabs():
+            f[start : start + step] *= factor(self.radius_slab(start)).to(real)
+        return f
+
+    def fsc(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """FSC ``(..., n_shells)`` of two rfft transforms (``(..., *rfft_shape)``)."""
+        ra, rb = torch.view_as_real(fa), torch.view_as_real(fb)  # (..., 2) real, imaginary
+        cross = (ra * rb).sum(-1)
+        pa = ra.square().sum(-1)
+        pb = rb.square().sum(-1)
+        cross, pa, pb = torch.broadcast_tensors(cross, pa, pb)
+        num = self.sums(cross)
+        den = torch.sqrt(self.sums(pa)) * torch.sqrt(self.sums(pb))
+        return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
 
 
 def fsc(a: torch.Tensor, b: torch.Tensor, *, ndim: int = 3) -> torch.Tensor:
@@ -63,15 +236,28 @@ def fsc(a: torch.Tensor, b: torch.Tensor, *, ndim: int = 3) -> torch.Tensor:
     dims = tuple(range(-ndim, 0))
     fa = torch.fft.rfftn(a.to(dtype), dim=dims)
     fb = torch.fft.rfftn(b.to(dtype), dim=dims)
-    cross = fa.real * fb.real + fa.imag * fb.imag
-    pa = fa.real**2 + fa.imag**2
-    pb = fb.real**2 + fb.imag**2
-    cross, pa, pb = torch.broadcast_tensors(cross, pa, pb)
-    num, _ = _radial_sums(cross, sa)
-    den_a, _ = _radial_sums(pa, sa)
-    den_b, _ = _radial_sums(pb, sa)
-    den = torch.sqrt(den_a) * torch.sqrt(den_b)
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    return ShellGrid(sa, device=a.device).fsc(fa, fb)
+
+
+def fsc_fourier(fa: torch.Tensor, fb: torch.Tensor, *, grid: ShellGrid) -> torch.Tensor:
+    """FSC of two maps given by their rfft transforms (``torch.fft.rfftn`` of the real maps).
+
+    Parameters
+    ----------
+    fa, fb
+        ``(..., *rfft_shape)`` complex transforms on ``grid``'s rfft grid.
+    grid
+        The box's :class:`ShellGrid`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., n_shells)`` as :func:`fsc`.
+
+    """
+    if not (fa.is_complex() and fb.is_complex()):
+        raise ValueError("fsc_fourier takes complex rfft transforms (torch.fft.rfftn of the maps)")
+    return grid.fsc(fa, fb)
 
 
 def shell_resolutions_angstrom(
@@ -208,18 +394,56 @@ def phase_randomise(
         )
     shape = tuple(int(s) for s in x.shape[-ndim:])
     dims = tuple(range(-ndim, 0))
-    n = max(shape)
-    cut = n * pixel_size_angstrom / beyond_resolution_angstrom
-    r = shell_radius_grid(shape, device=x.device, dtype=torch.float64)
-    # small tolerance so that a resolution computed from shell s randomises shell radius s
-    randomise = r >= cut - 1e-6 * max(cut, 1.0)
-    f = torch.fft.rfftn(x, dim=dims)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    g = torch.fft.rfftn(noise, dim=dims)
-    mag_g = torch.abs(g)
-    unit = torch.where(mag_g > 0, g / torch.where(mag_g > 0, mag_g, 1.0), torch.ones_like(g))
-    f = torch.where(randomise, torch.abs(f) * unit, f)
+    grid = ShellGrid(shape, device=x.device)
+    from_radius = max(shape) * pixel_size_angstrom / beyond_resolution_angstrom
+    f = phase_randomise_fourier(torch.fft.rfftn(x, dim=dims), from_radius=from_radius, grid=grid,
+                                generator=generator)
     return torch.fft.irfftn(f, s=shape, dim=dims)
+
+
+def phase_randomise_fourier(
+    f: torch.Tensor,
+    *,
+    from_radius: float,
+    grid: ShellGrid,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """:func:`phase_randomise` on an rfft transform: random phases from a radius on.
+
+    Parameters
+    ----------
+    f
+        ``(..., *rfft_shape)`` complex transform (``torch.fft.rfftn`` of real data).
+    from_radius
+        Coefficients with radius ``>= from_radius`` Fourier pixels get random phases (RELION's
+        ``randomizePhasesBeyond(index)``: ``r^2 >= index^2``).
+    grid
+        The box's :class:`ShellGrid`.
+    generator
+        Optional ``torch.Generator`` on ``f``'s device.
+
+    Returns
+    -------
+    torch.Tensor
+        New transform, same shape / dtype / device; amplitudes kept, phases those of the
+        transform of real white noise (Friedel-symmetric, so its inverse is exactly real).
+
+    """
+    if not f.is_complex():
+        raise ValueError("phase_randomise_fourier takes a complex rfft transform")
+    # small tolerance so that a resolution computed from shell s randomises shell radius s
+    cut = from_radius - 1e-6 * max(from_radius, 1.0)
+    randomise = grid.radial_map(lambda r: r >= cut, torch.bool)
+    real_dtype = f.real.dtype
+    noise = torch.randn((*f.shape[: -grid.ndim], *grid.shape), generator=generator,
+                        device=f.device, dtype=real_dtype)
+    g = torch.fft.rfftn(noise, dim=tuple(range(-grid.ndim, 0)))
+    del noise
+    mag = torch.abs(g)
+    g[mag == 0] = 1.0  # (never in practice) a zero noise coefficient: phase 0
+    g.div_(torch.where(mag > 0, mag, 1.0))  # unit phasors, in place to spare memory
+    g.mul_(torch.abs(f))
+    return torch.where(randomise, g, f)
 
 
 def fsc_corrected_for_masking(
@@ -276,8 +500,11 @@ def fsc_corrected_for_masking(
 def fsc_weighting_curve(fsc_curve: torch.Tensor) -> torch.Tensor:
     """Rosenthal & Henderson (2003) weight ``sqrt(2 FSC / (1 + FSC))`` per shell.
 
-    As in RELION's postprocess, the weight is 0 where FSC <= 0 and for every shell from the first
-    one where the FSC drops below 1e-4 onwards (so noise beyond the resolution is removed).
+    As in RELION's postprocess (``applyFscWeighting``), the weight is 0 where FSC <= 0 and for
+    every shell from the first one where the FSC drops below 1e-4 onwards (so noise beyond the
+    resolution is removed). Shell 0 (the DC term, which carries no resolution information and
+    whose FSC is +-1 for a single coefficient) always gets weight 1; RELION zeroes the whole map
+    when an unmasked DC FSC is negative, which is a bug not worth copying.
 
     Parameters
     ----------
@@ -288,10 +515,121 @@ def fsc_weighting_curve(fsc_curve: torch.Tensor) -> torch.Tensor:
     -------
     torch.Tensor
         ``(..., n_shells)`` weights in ``[0, 1]``, to be used with
-        :func:`cryospa.core.filters.filter_by_1d`.
+        :func:`apply_fsc_weighting` (nearest shell, as RELION) or
+        :func:`cryospa.core.filters.filter_by_1d` (interpolated).
 
     """
-    f = fsc_curve.clamp(min=0.0)
-    weights = torch.sqrt(2 * f / (1 + f))
-    dropped = torch.cumsum((fsc_curve < 1e-4).to(torch.int32), dim=-1) > 0
+    f = fsc_curve.clone()
+    f[..., 0] = 1.0
+    weights = torch.sqrt(2 * f.clamp(min=0.0) / (1 + f.clamp(min=0.0)))
+    dropped = torch.cumsum((f < 1e-4).to(torch.int32), dim=-1) > 0
     return torch.where(dropped, torch.zeros_like(weights), weights)
+
+
+def apply_fsc_weighting(
+    x: torch.Tensor, fsc_curve: torch.Tensor, *, ndim: int = 3
+) -> torch.Tensor:
+    """Multiply every Fourier coefficient by the FSC weight of its shell (RELION's postprocess).
+
+    Each coefficient of shell ``round(|k| n)`` is multiplied by :func:`fsc_weighting_curve` of
+    that shell (no interpolation between shells, as ``relion_postprocess``); coefficients beyond
+    the last shell (the corners of the box) are set to 0.
+
+    Parameters
+    ----------
+    x
+        ``(..., n, n, n)`` volumes (``ndim=3``) or ``(..., n, n)`` images (``ndim=2``), real.
+    fsc_curve
+        ``(n // 2 + 1,)`` FSC per shell.
+    ndim
+        3 (default) or 2.
+
+    Returns
+    -------
+    torch.Tensor
+        Weighted data, same shape, dtype and device as ``x``.
+
+    """
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+    if x.ndim < ndim or x.is_complex() or not x.is_floating_point():
+        raise ValueError(
+            f"apply_fsc_weighting needs real data with at least {ndim} dims, got shape "
+            f"{tuple(x.shape)} and dtype {x.dtype}"
+        )
+    shape = tuple(int(s) for s in x.shape[-ndim:])
+    n_shells = max(shape) // 2 + 1
+    if fsc_curve.ndim != 1 or fsc_curve.shape[0] != n_shells:
+        raise ValueError(
+            f"fsc_curve must be ({n_shells},) for a box of {max(shape)}, got shape "
+            f"{tuple(fsc_curve.shape)}"
+        )
+    weights = fsc_weighting_curve(fsc_curve.to(device=x.device, dtype=x.dtype))
+    factor = ShellGrid(shape, device=x.device).per_coefficient(weights, beyond=0.0)
+    dims = tuple(range(-ndim, 0))
+    return torch.fft.irfftn(torch.fft.rfftn(x, dim=dims) * factor, s=shape, dim=dims)
+
+
+def first_shell_below(fsc_curve: torch.Tensor, threshold: float) -> int | None:
+    """First shell ``> 0`` whose FSC is below ``threshold`` (None if there is none).
+
+    RELION's postprocess randomises the phases from this shell on, with ``threshold=0.8`` on the
+    unmasked FSC (``--randomize_at_fsc``).
+
+    Parameters
+    ----------
+    fsc_curve
+        ``(n_shells,)`` FSC per shell.
+    threshold
+        FSC value.
+
+    """
+    if fsc_curve.ndim != 1:
+        raise ValueError(f"fsc_curve must be 1D, got shape {tuple(fsc_curve.shape)}")
+    below = torch.nonzero(fsc_curve[1:] < threshold).flatten()
+    return int(below[0]) + 1 if below.numel() else None
+
+
+def last_shell_at_or_above(fsc_curve: torch.Tensor, threshold: float = 0.143) -> int:
+    """The last shell before the FSC first drops below ``threshold`` (RELION's resolution shell).
+
+    ``relion_postprocess`` reports the resolution ``n * pixel_size / s`` of this shell ``s``
+    (``rlnFinalResolution``). Shell 0 (the DC term) counts as above the threshold; 0 means the
+    curve is below the threshold from shell 1 on (no resolution), ``n_shells - 1`` that it never
+    drops below it.
+
+    Parameters
+    ----------
+    fsc_curve
+        ``(n_shells,)`` FSC per shell.
+    threshold
+        FSC threshold (0.143 for half maps).
+
+    """
+    if fsc_curve.ndim != 1 or fsc_curve.shape[0] < 1:
+        raise ValueError(f"fsc_curve must be (n_shells,), got shape {tuple(fsc_curve.shape)}")
+    first = first_shell_below(fsc_curve, threshold)
+    return int(fsc_curve.shape[0]) - 1 if first is None else first - 1
+
+
+def fsc_corrected_for_particle_fraction(
+    fsc_curve: torch.Tensor, fraction: float
+) -> torch.Tensor:
+    """FSC of the particle alone from an unmasked FSC and the particle's share of the box.
+
+    ``FSC_part = f FSC / (1 + (f - 1) FSC)`` (Sindelar & Grigorieff 2012; cisTEM's part_FSC;
+    RELION 3.1 writes it as ``rlnFourierShellCorrelationParticleMaskFraction`` with
+    ``f = 0.476 / (fraction of the box where the mask is > 0.5)``).
+
+    Parameters
+    ----------
+    fsc_curve
+        ``(..., n_shells)`` unmasked FSC.
+    fraction
+        ``f`` (> 0): box volume over particle volume, scaled as above.
+
+    """
+    if not fraction > 0:
+        raise ValueError(f"fraction must be > 0, got {fraction}")
+    denom = 1.0 + (fraction - 1.0) * fsc_curve
+    return torch.where(denom != 0, fraction * fsc_curve / torch.where(denom != 0, denom, 1.0), 0.0)

@@ -148,12 +148,14 @@ def mask_from_map(
 ) -> torch.Tensor:
     """Make a soft mask from a map, as ``relion_mask_create --i map --ini_threshold ...``.
 
-    Steps: (1) optional raised-cosine low-pass to ``lowpass_angstrom`` (edge 2 Fourier pixels);
-    (2) binarise: 1 where ``value >= threshold``; (3) extend (``extend_px > 0``): also 1 where a
-    1-pixel lies at distance ``< extend_px``, or shrink (``extend_px < 0``): 0 where a 0-pixel lies
-    at distance ``< |extend_px|``; (4) soft edge (``soft_edge_px = W > 0``): a 0-pixel at distance
-    ``d < W`` from the nearest 1-pixel becomes ``0.5 + 0.5 cos(pi d / W)``. Distances are
-    Euclidean between pixel centres; the box does not wrap around.
+    Steps: (1) optional raised-cosine low-pass to ``lowpass_angstrom`` (edge 2 Fourier pixels,
+    the cut rounded to the nearest Fourier shell ``round(n * pixel_size / lowpass)`` as RELION's
+    ``lowPassFilterMap`` does); (2) binarise: 1 where ``value >= threshold``; (3) extend
+    (``extend_px > 0``): also 1 where a 1-pixel lies at distance ``< extend_px``, or shrink
+    (``extend_px < 0``): 0 where a 0-pixel lies at distance ``< |extend_px|``; (4) soft edge
+    (``soft_edge_px = W > 0``): a 0-pixel at distance ``d < W`` from the nearest 1-pixel becomes
+    ``0.5 + 0.5 cos(pi d / W)``. Distances are Euclidean between pixel centres; the box does not
+    wrap around.
 
     Parameters
     ----------
@@ -193,7 +195,16 @@ def mask_from_map(
             raise ValueError(
                 f"a low-pass to {lowpass_angstrom} Å needs pixel_size_angstrom (--angpix)"
             )
-        x = lowpass(x, lowpass_angstrom, pixel_size_angstrom=pixel_size_angstrom, ndim=ndim)
+        if not lowpass_angstrom > 0 or not pixel_size_angstrom > 0:
+            raise ValueError(
+                f"low-pass resolution and pixel size must be > 0 Å, got {lowpass_angstrom} and "
+                f"{pixel_size_angstrom}"
+            )
+        n = max(int(s) for s in x.shape[-ndim:])
+        shell = math.floor(n * pixel_size_angstrom / lowpass_angstrom + 0.5)  # RELION's ROUND
+        # the resolution of that shell (a shell 0 cut keeps only the mean, as RELION's edge)
+        at = n * pixel_size_angstrom / max(shell, 1e-9)
+        x = lowpass(x, at, pixel_size_angstrom=pixel_size_angstrom, ndim=ndim)
     binary = x >= threshold
     if extend_px > 0:
         binary = binary | (_squared_distance_to(binary, ndim, extend_px) < extend_px**2)

@@ -1,4 +1,8 @@
-"""Pictures of picked particles: a micrograph with a circle at every pick; picks per micrograph."""
+"""Pictures of picked particles, picks per micrograph, template-picking references and scores.
+
+A micrograph with a circle at every pick; the number of picks per micrograph; the references of
+template picking and the histogram of its figure of merit.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import numpy as np
 
 from cryospa.plots._figure import plt, save_figure
 
-__all__ = ["plot_picks", "plot_picks_per_micrograph"]
+__all__ = ["plot_fom_histogram", "plot_picks", "plot_picks_per_micrograph", "plot_references"]
 
 
 def plot_picks(
@@ -82,6 +86,91 @@ def plot_picks_per_micrograph(
     a2.set_xlabel("picks per micrograph")
     a2.set_ylabel("micrographs")
     fig.suptitle(f"{title}: {int(n.sum())} in total, mean {n.mean():.1f}" if len(n) else title,
+                 fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_references(
+    path: str | os.PathLike[str],
+    images: np.ndarray,
+    numbers: Sequence[int] | np.ndarray,
+    *,
+    pixel_size_angstrom: float,
+    diameter_angstrom: float,
+    mask_diameter_angstrom: float,
+) -> None:
+    """Save a PNG gallery of 2D references with the particle (yellow) and mask (cyan) circles.
+
+    Parameters
+    ----------
+    path
+        Output PNG.
+    images
+        ``(n, b, b)`` references (white particles), centre at ``b // 2``.
+    numbers
+        The class number shown above each.
+    pixel_size_angstrom
+        Their pixel size.
+    diameter_angstrom, mask_diameter_angstrom
+        The particle diameter and the diameter of the comparison's disc.
+    """
+    from matplotlib.patches import Circle
+
+    n = len(images)
+    cols = min(n, 8)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.55 * rows + 0.4), dpi=110,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for k in range(n):
+        ax = axes.flat[k]
+        img = np.asarray(images[k], dtype=float)
+        b = img.shape[-1]
+        lo, hi = np.percentile(img, [1, 99.5])
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        for d, colour in ((diameter_angstrom, "#ffcc00"), (mask_diameter_angstrom, "#44ccff")):
+            ax.add_patch(Circle((b // 2, b // 2), d / pixel_size_angstrom / 2, fill=False,
+                                color=colour, lw=0.7))
+        ax.set_title(f"#{int(numbers[k])}", fontsize=8)
+    fig.suptitle(f"{n} references ({pixel_size_angstrom:g} Å/px); particle "
+                 f"{diameter_angstrom:.0f} Å, mask {mask_diameter_angstrom:.0f} Å", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_fom_histogram(
+    path: str | os.PathLike[str], edges: np.ndarray, counts: np.ndarray, threshold: float
+) -> None:
+    """Save a PNG histogram of the figure of merit of candidate peaks, with the threshold.
+
+    Parameters
+    ----------
+    path
+        Output PNG.
+    edges
+        ``(m + 1,)`` bin edges.
+    counts
+        ``(m,)`` peaks per bin.
+    threshold
+        The picking threshold (a vertical line; bins above it are picks).
+    """
+    edges = np.asarray(edges, dtype=float)
+    counts = np.asarray(counts, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.0, 3.2), dpi=110)
+    picked = edges[:-1] >= threshold
+    width = np.diff(edges)
+    ax.bar(edges[:-1][~picked], counts[~picked], width=width[~picked], align="edge",
+           color="#bbbbbb", label="below the threshold")
+    ax.bar(edges[:-1][picked], counts[picked], width=width[picked], align="edge",
+           color="#4477aa", label="picked")
+    ax.axvline(threshold, color="#cc3311", lw=1.2, label=f"threshold {threshold:g}")
+    ax.set_xlabel("figure of merit (normalised cross-correlation)")
+    ax.set_ylabel("candidate peaks")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{int(counts.sum())} candidate peaks, {int(counts[picked].sum())} picked",
                  fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

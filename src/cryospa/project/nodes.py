@@ -73,6 +73,8 @@ def detect_node_type(
         raise InputFileError(p, "input file not found", "check the path (relative to the project)")
     suffix = p.suffix.lower()
     if suffix in _MAP_SUFFIXES:
+        if suffix == ".mrcs" and NodeType.CLASS_AVERAGES in accepted:
+            return NodeType.CLASS_AVERAGES  # a stack of 2D references
         for t in (NodeType.VOLUME, NodeType.MASK, NodeType.HALF_MAPS):
             if t in accepted:
                 return t
@@ -88,9 +90,13 @@ def detect_node_type(
         ):
             return NodeType.MOVIES
         if "particles" in names or "rlnImageName" in columns:
-            if NodeType.CLASS_AVERAGES in accepted and "rlnClassNumber" not in columns:
+            if NodeType.CLASS_AVERAGES in accepted and (
+                "rlnClassNumber" not in columns or NodeType.PARTICLES not in accepted
+            ):
                 return NodeType.CLASS_AVERAGES
             return NodeType.PARTICLES
+        if "rlnReferenceImage" in columns and NodeType.CLASS_AVERAGES in accepted:
+            return NodeType.CLASS_AVERAGES  # RELION's class_averages.star of a Select job
         if "micrographs" in names or "rlnMicrographName" in columns:
             if "rlnMicrographCoordinates" in columns or "coordinate_files" in names:
                 return NodeType.COORDINATES
