@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cryospa.core.filters import _lowpass_profile, radial_average
+from cryospa.core.filters import _check_real_input, _lowpass_profile, radial_average
 from cryospa.core.fourier import frequency_grid_2d, frequency_grid_3d
 from cryospa.core.fsc import ShellGrid, fsc_weighting_curve
 
@@ -189,16 +189,9 @@ def apply_bfactor(
         Same shape, dtype and device as ``volume``.
 
     """
-    if ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-    if volume.ndim < ndim or volume.is_complex() or not volume.is_floating_point():
-        raise ValueError(
-            f"apply_bfactor needs real data with at least {ndim} dims, got shape "
-            f"{tuple(volume.shape)} and dtype {volume.dtype}"
-        )
+    shape = _check_real_input(volume, ndim, "apply_bfactor: volume")
     if not pixel_size_angstrom > 0:
         raise ValueError(f"pixel size must be > 0 Å, got {pixel_size_angstrom}")
-    shape = tuple(int(s) for s in volume.shape[-ndim:])
     dims = tuple(range(-ndim, 0))
     grids: tuple[torch.Tensor, ...]
     if ndim == 3:
@@ -322,16 +315,9 @@ def divide_by_mtf(
         Same shape, dtype and device as ``volume``.
 
     """
-    if ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-    if volume.ndim < ndim or volume.is_complex() or not volume.is_floating_point():
-        raise ValueError(
-            f"divide_by_mtf needs real data with at least {ndim} dims, got shape "
-            f"{tuple(volume.shape)} and dtype {volume.dtype}"
-        )
+    shape = _check_real_input(volume, ndim, "divide_by_mtf: volume")
     if not pixel_size_angstrom > 0:
         raise ValueError(f"pixel size must be > 0 Å, got {pixel_size_angstrom}")
-    shape = tuple(int(s) for s in volume.shape[-ndim:])
     dims = tuple(range(-ndim, 0))
     grid = ShellGrid(shape, device=volume.device)
     factor = _mtf_divisor(grid, pixel_size_angstrom, mtf_frequency_per_angstrom, mtf_value)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from cryospa.core.filters import _half_grid_weights
+from cryospa.core.filters import _check_real_input, _half_grid_weights
 
 __all__ = [
     "ShellGrid",
@@ -550,14 +550,7 @@ def apply_fsc_weighting(
         Weighted data, same shape, dtype and device as ``x``.
 
     """
-    if ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-    if x.ndim < ndim or x.is_complex() or not x.is_floating_point():
-        raise ValueError(
-            f"apply_fsc_weighting needs real data with at least {ndim} dims, got shape "
-            f"{tuple(x.shape)} and dtype {x.dtype}"
-        )
-    shape = tuple(int(s) for s in x.shape[-ndim:])
+    shape = _check_real_input(x, ndim, "apply_fsc_weighting: x")
     n_shells = max(shape) // 2 + 1
     if fsc_curve.ndim != 1 or fsc_curve.shape[0] != n_shells:
         raise ValueError(

@@ -63,6 +63,7 @@ from cryospa.jobs.import_particles import resolve_stacks
 from cryospa.jobs.particles import CTF_COLUMNS, OPTICS_CTF_COLUMNS, ParticleSet, load_particles
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
+    DEVICE_PARAM,
     Input,
     IterativeJob,
     JobContext,
@@ -224,8 +225,7 @@ class Class2D(IterativeJob):
               help="never use frequencies beyond this resolution in the E-step; 0: no limit"),
         Param("batch_size", int, 0, range=(0, 100000),
               help="particles per E-step batch; 0: from a 256 MB memory budget"),
-        Param("device", str, "auto", metavar="DEVICE",
-              help="where to compute: auto (a CUDA GPU if present, else CPU), cpu, cuda, cuda:N"),
+        DEVICE_PARAM,
         Param("threads", int, 0, range=(0, 1024), relion="nr_threads",
               help="CPU threads for the tensor maths; 0: torch's default (all cores)"),
         Param("seed", int, 0, relion=None,

@@ -48,6 +48,7 @@ from cryospa.jobs._coords import coordinate_file_name
 from cryospa.jobs._sets import item_info, list_cached, read_input_set
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
+    DEVICE_PARAM,
     Input,
     JobContext,
     Output,
@@ -187,8 +188,7 @@ class CtfFind(PerItemJob):
         Param("plots", int, -1, range=(-1, None),
               help="write the diagnostic and 1D fit PNGs for this many micrographs (the first "
               "of the set); -1: all, 0: none"),
-        Param("device", str, "auto", help="where to compute: auto (a CUDA GPU if present, "
-              "else the CPU), cpu, cuda or cuda:N"),
+        DEVICE_PARAM,
     )
     outputs = (Output("micrographs", NodeType.MICROGRAPHS, "micrographs_ctf.star"),)
     citations = (

@@ -83,6 +83,7 @@ from cryospa.io.star import (
 )
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
+    DEVICE_PARAM,
     Input,
     JobContext,
     Output,
@@ -314,8 +315,7 @@ class Extract(PerItemJob):
               "part; the sub-pixel rest stays as the origin), as RELION's --recenter"),
         Param("reset_offsets", bool, False, relion="do_reset_offsets",
               help="with --particles: set the origins to 0 instead of re-centring"),
-        Param("device", str, "auto", metavar="DEVICE",
-              help="where to compute: auto, cpu, cuda or cuda:N"),
+        DEVICE_PARAM,
     )
     outputs = (Output("particles", NodeType.PARTICLES, "particles.star"),)
     citations = ("Scheres (2012) J. Struct. Biol. 180:519-530 (RELION)",)

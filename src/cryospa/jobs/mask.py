@@ -32,6 +32,7 @@ from cryospa.io.mrc import write_mrc
 from cryospa.jobs._maps import load_map, map_info
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
+    DEVICE_PARAM,
     Input,
     JobContext,
     Output,
@@ -76,8 +77,7 @@ class MaskCreate(PerItemJob):
         Param("invert", bool, False, help="invert the final mask (1 - mask)"),
         Param("angpix", float, None, unit="Å", range=(0, None), open_min=True, relion="angpix",
               help="pixel size of the map (default: from its MRC header)"),
-        Param("device", str, "auto", metavar="DEVICE",
-              help="where to compute: auto (a CUDA GPU if present, else CPU), cpu, cuda, cuda:N"),
+        DEVICE_PARAM,
     )
     inputs = (Input("volume", (NodeType.VOLUME,), relion="fn_in",
                     help="the map to make the mask from (e.g. a refinement's run_class001.mrc)"),)

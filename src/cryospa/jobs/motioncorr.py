@@ -94,6 +94,7 @@ from cryospa.io.star import RelionTable, joined, read_relion_star, read_star, wr
 from cryospa.io.star import write_star as write_star_blocks
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
+    DEVICE_PARAM,
     Input,
     JobContext,
     Output,
@@ -470,9 +471,7 @@ class MotionCorr(PerItemJob):
         Param("float16", bool, False,
               help="write the sums as float16 MRC (half the size; RELION >= 4 reads them, "
               "RELION 3.1 does not)", relion="do_float16"),
-        Param("device", str, "auto",
-              help="where to compute: auto (a CUDA GPU if present, else the CPU), cpu, cuda or "
-              "cuda:N"),
+        DEVICE_PARAM,
     )
     inputs = (Input("movies", (NodeType.MOVIES,), help="the movies to correct",
                     relion="input_star_mics"),)

@@ -46,6 +46,7 @@ from cryospa.jobs._coords import coordinate_file_name
 from cryospa.jobs._sets import item_info, list_cached, read_input_set
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
+    DEVICE_PARAM,
     Input,
     JobContext,
     Output,
@@ -115,9 +116,7 @@ class PickLog(PerItemJob):
         Param("plots", int, 5, range=(-1, None), metavar="N",
               help="draw the picks on this many micrographs (the first ones of the set); -1: "
               "all, 0: none"),
-        Param("device", str, "auto", metavar="DEVICE",
-              help="where to compute: auto (a CUDA GPU if present, else the CPU), cpu, cuda or "
-              "cuda:N"),
+        DEVICE_PARAM,
     )
     outputs = (Output("coordinates", NodeType.COORDINATES, "coordinates.star"),)
     citations = (

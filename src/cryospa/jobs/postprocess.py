@@ -56,6 +56,7 @@ from cryospa.io.star import write_star
 from cryospa.jobs._maps import check_mask_values, load_map, map_info, same_pixel_size
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
+    DEVICE_PARAM,
     Input,
     JobContext,
     Output,
@@ -418,8 +419,7 @@ class PostProcess(PerItemJob):
         Param("force_mask", bool, False,
               help="use the mask-corrected FSC even where the unmasked FSC reaches further"),
         Param("seed", int, 0, help="random seed of the phase randomisation"),
-        Param("device", str, "auto", metavar="DEVICE",
-              help="where to compute: auto (a CUDA GPU if present, else CPU), cpu, cuda, cuda:N"),
+        DEVICE_PARAM,
     )
     inputs = (
         Input("half_maps", (NodeType.HALF_MAPS,), relion="fn_in",

@@ -31,6 +31,7 @@ from cryospa.io.mrc import write_mrc
 from cryospa.jobs._maps import load_map, map_info
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
+    DEVICE_PARAM,
     Input,
     JobContext,
     Output,
@@ -141,8 +142,7 @@ class Resize(PerItemJob):
               "default: the rescaled box"),
         Param("angpix", float, None, unit="Å", range=(0, None), open_min=True,
               help="pixel size of the input map (default: from its MRC header)"),
-        Param("device", str, "auto", metavar="DEVICE",
-              help="where to compute: auto (a CUDA GPU if present, else CPU), cpu, cuda, cuda:N"),
+        DEVICE_PARAM,
     )
     inputs = (Input("volume", (NodeType.VOLUME, NodeType.MASK),
                     help="the map (or mask) to resize"),)

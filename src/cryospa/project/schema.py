@@ -166,6 +166,13 @@ class Param:
         return self.condition is None or bool(self.condition(params))
 
 
+#: The ``--device`` option shared by every job that computes with torch.
+DEVICE_PARAM = Param(
+    "device", str, "auto", metavar="DEVICE",
+    help="where to compute: auto (a CUDA GPU if present, else the CPU), cpu, cuda or cuda:N",
+)
+
+
 @dataclass(frozen=True)
 class Input:
     """A typed input: a job, a job's named output, an alias, or a plain file.
