@@ -170,6 +170,29 @@ def test_pick_template_with_a_stack_and_chosen_classes(
     np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float))
 
 
+def test_classes_as_words_or_commas(project: Project) -> None:
+    # --classes 1 3 5 (separate words) reads as --classes 1,3,5, on the command line and from
+    # Python (a list); a range may have spaces around its dash
+    from cryospa.cli.main import build_parser
+    from cryospa.jobs.pick_template import parse_class_numbers
+    from cryospa.project.schema import params_from_namespace, validate_params
+
+    jt = get_job_type("pick template")
+    for words, stored in ((["1", "3", "5"], "1,3,5"), (["1,3,5"], "1,3,5"),
+                          (["2-4", "7"], "2-4,7"), (["2-4,", "7"], "2-4,7")):
+        args = build_parser("pick").parse_args(["pick", "template", "--micrographs", "job002",
+                                                "--references", "job006", "--classes", *words])
+        raw, _, _ = params_from_namespace(jt, args)
+        assert raw["classes"] == stored
+        assert validate_params(jt, raw, project_dir=project.root)["classes"] == stored
+    assert validate_params(jt, {"classes": [1, 3, 5]},
+                           project_dir=project.root)["classes"] == "1,3,5"
+    assert parse_class_numbers("1 3 5") == parse_class_numbers("1,3,5") == [1, 3, 5]
+    assert parse_class_numbers("2 - 4, 7") == [2, 3, 4, 7]
+    with pytest.raises(ParameterError, match="cannot read"):
+        parse_class_numbers("1 three")
+
+
 def test_pick_template_bad_input(project: Project, simulated: Callable[..., Path]) -> None:
     sim = simulated(*SMALL)
     mics = _setup(project, sim)

@@ -6,18 +6,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from cryospa.core.class_features import class_image_features
 from cryospa.errors import InputFileError, ParameterError
-from cryospa.io.mrc import read_mrc
-from cryospa.io.star import read_relion_star, read_star
+from cryospa.io.coords import read_coordinates
+from cryospa.io.mrc import read_mrc, write_mrc
+from cryospa.io.star import RelionTable, read_relion_star, read_star, write_relion_star
 from cryospa.jobs.select import ClassSet, class_scores, read_classification
 from cryospa.project.project import JobRecord, Project
 from cryospa.project.runner import submit
 from cryospa.project.schema import get_job_type
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, relion_available, run_relion
 from tests.jobs.test_class2d import BETAGAL, FAST, SMALL, _import, class_purity
 
 # --------------------------------------------------------------------------------------
@@ -141,6 +143,82 @@ def test_bad_choices_are_refused(classified: tuple[Project, JobRecord, Path]) ->
                           ({"classes": "2,9"}, "last class")):
         with pytest.raises(ParameterError, match=words):
             _select(project, **params)
+
+
+def test_classes_space_separated_on_the_command_line(
+        classified: tuple[Project, JobRecord, Path]) -> None:
+    from cryospa.cli.main import main as cli
+
+    project, _, _ = classified
+    n_jobs = len(project.jobs())
+    assert cli(["select", "--classes-from", "job002", "--classes", "1", "3-4",
+                "--project", str(project.root)]) == 0
+    record = project.jobs()[-1]
+    assert len(project.jobs()) == n_jobs + 1 and record.params["classes"] == "1,3-4"
+    kept = read_relion_star(project.root / record.dir / "class_averages.star").data
+    assert kept["rlnClassNumber"].tolist() == [1, 3, 4]
+    # the same from Python, as a list or as words in one string
+    for classes in ([1, "3-4"], "1 3 - 4"):
+        again = _select(project, classes=classes)
+        assert again.status == "succeeded", again.error
+        assert again.params["classes"] == ("1,3-4" if isinstance(classes, list) else classes)
+        assert read_relion_star(project.root / again.dir / "class_averages.star").data[
+            "rlnClassNumber"].tolist() == [1, 3, 4]
+
+
+def test_class_ranges_read_with_commas_or_spaces() -> None:
+    from cryospa.jobs.sets import parse_rows
+
+    # "1 3" is classes 1 and 3 (it once read as 13)
+    assert parse_rows("1 3", 20).tolist() == parse_rows("1,3", 20).tolist() == [0, 2]
+    assert parse_rows(" 2 - 4, 7 19- ", 20).tolist() == [1, 2, 3, 6, 18, 19]
+    with pytest.raises(ParameterError, match="past the last row"):
+        parse_rows("1 21", 20)
+
+
+@pytest.mark.relion
+@pytest.mark.skipif(not relion_available("relion_autopick"),
+                    reason="RELION not installed (apt-get install relion): cross-check skipped")
+def test_relion_autopick_reads_the_class_averages(
+        classified: tuple[Project, JobRecord, Path]) -> None:
+    # relion_autopick --ref reads only the first block of the file: our averages must come
+    # first. A micrograph made of the kept averages at known places: RELION must find them all
+    from cryospa.jobs.pick_template import read_references
+
+    project, _, _ = classified
+    record = _select(project, classes="1,3")
+    assert record.status == "succeeded", record.error
+    star = Path(record.dir) / "class_averages.star"
+    assert next(line for line in (project.root / star).read_text().splitlines()
+                if line.startswith("data_")) == "data_particles"
+    images, _ = read_mrc(project.root / record.dir / "class_averages.mrcs")
+    ours = read_references(project.root / star, project.root)  # our template picker reads it
+    np.testing.assert_array_equal(ours.images, images)
+    assert ours.class_numbers.tolist() == [1, 3] and ours.pixel_size_angstrom == 7.08
+
+    n, b = 256, images.shape[-1]
+    truth = np.array([(48, 48), (48, 160), (160, 64), (176, 180), (100, 110), (210, 120)])
+    rng = np.random.default_rng(0)
+    mic = rng.normal(0, 0.1 * images.std(), (n, n)).astype(np.float32)
+    for i, (x, y) in enumerate(truth):
+        mic[y - b // 2:y + b // 2, x - b // 2:x + b // 2] += images[i % len(images)]
+    folder = project.root / "RelionMics"
+    folder.mkdir()
+    write_mrc(folder / "mic001.mrc", mic, voxel_size_angstrom=7.08)
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                           "rlnVoltage": [200.0], "rlnSphericalAberration": [1.4],
+                           "rlnAmplitudeContrast": [0.1], "rlnMicrographPixelSize": [7.08]})
+    mics = pd.DataFrame({"rlnMicrographName": ["RelionMics/mic001.mrc"], "rlnOpticsGroup": [1]})
+    write_relion_star(folder / "micrographs.star", RelionTable("micrographs", mics, optics))
+    run_relion(["relion_autopick", "--i", "RelionMics/micrographs.star", "--odir", "RelionRef/",
+                "--pickname", "autopick", "--ref", str(star), "--angpix_ref", "7.08",
+                "--ang", "10", "--shrink", "0", "--lowpass", "20", "--threshold", "0.2",
+                "--min_distance", "150"], project.root)
+    picks = read_coordinates(project.root / "RelionRef" / "RelionMics" / "mic001_autopick.star")
+    xy = picks[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
+    distance = np.linalg.norm(xy[None, :, :] - truth[:, None, :], axis=-1)  # (truth, picks)
+    assert (distance.min(axis=1) <= 3.0).all(), (truth, xy)
+    assert len(xy) == len(truth), xy
 
 
 def test_a_3d_classification_is_refused(tmp_path: Path) -> None:

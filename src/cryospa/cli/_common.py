@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-import torch
-
-from cryospa.compute.device import resolve_device, set_threads
+if TYPE_CHECKING:
+    import torch
 
 
 def add_compute_args(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,8 @@ def add_compute_args(parser: argparse.ArgumentParser) -> None:
 
 def compute_from_args(args: argparse.Namespace) -> torch.device:
     """Apply ``--j`` and return the device of ``--device``."""
+    from cryospa.compute.device import resolve_device, set_threads  # imports torch
+
     set_threads(args.j)
     return resolve_device(args.device)
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-from cryospa.jobs.fsc import run_fsc
-
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the options."""
@@ -45,6 +43,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Compute, print and optionally save the FSC."""
+    from cryospa.jobs.fsc import run_fsc  # torch: only when the command runs, not for --help
+
     r = run_fsc(
         args.map1,
         args.map2,

@@ -5,6 +5,9 @@ command group (``import``) with one subcommand per job type (``movies``, ``micro
 The options, their help (unit, default, range) and the validation all come from the job's
 declaration; this module only turns the parsed options into a
 :func:`~cryospa.project.runner.submit`.
+
+The declarations come from :mod:`cryospa.project.job_index` (no job module is imported to build
+the parser); the job that runs is imported alone, by :func:`_job_main`.
 """
 
 from __future__ import annotations
@@ -14,14 +17,12 @@ import shlex
 import sys
 from typing import Any
 
-from cryospa.project.project import Project
-from cryospa.project.runner import submit
+from cryospa.project.job_index import job_declarations, job_module
 from cryospa.project.schema import (
     JobType,
     add_job_arguments,
     describe_job_type,
     get_job_type,
-    load_builtin_jobs,
     params_from_namespace,
 )
 
@@ -29,9 +30,9 @@ __all__ = ["job_groups", "register_job_commands"]
 
 
 def job_groups() -> dict[str, list[type[JobType]]]:
-    """First word of the job type name -> job types (all built-in types loaded)."""
+    """First word of the job type name -> job types (declarations of every built-in type)."""
     groups: dict[str, list[type[JobType]]] = {}
-    for name, cls in sorted(load_builtin_jobs().items()):
+    for name, cls in sorted(job_declarations().items()):
         groups.setdefault(name.split()[0], []).append(cls)
     return groups
 
@@ -61,11 +62,14 @@ def register_job_commands(sub: Any, only: str | None = None) -> None:
 
 def _add_job(parser: argparse.ArgumentParser, jt: JobType) -> None:
     add_job_arguments(parser, jt)
-    parser.set_defaults(_main=_job_main, _job_type=jt.name)
+    parser.set_defaults(_main=_job_main, _job_type=jt.name, _job_module=job_module(type(jt)))
 
 
 def _job_main(args: argparse.Namespace) -> int:
-    jt = get_job_type(args._job_type)
+    from cryospa.project.project import Project
+    from cryospa.project.runner import submit
+
+    jt = get_job_type(args._job_type, args._job_module)
     params, inputs, run = params_from_namespace(jt, args)
     project = Project.open(args.project)
     record = submit(

@@ -12,10 +12,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryospa.project.graph import graph_picture, graph_text
-from cryospa.project.project import JobRecord, Project
-from cryospa.project.runner import abort_job, continue_job, stop_job
+if TYPE_CHECKING:  # imported when a command runs: the project layer loads pandas and the io layer
+    from cryospa.project.project import JobRecord, Project
+
+
+def _open(folder: str | None) -> Project:
+    from cryospa.project.project import Project
+
+    return Project.open(folder)
 
 
 def _project_arg(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +57,8 @@ def _init_args(p: argparse.ArgumentParser) -> None:
 
 
 def _init_main(args: argparse.Namespace) -> int:
+    from cryospa.project.project import Project
+
     project = Project.init(args.dir)
     print(f"new cryospa project in {project.root}")
     return 0
@@ -62,7 +70,7 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
 
 
 def _jobs_main(args: argparse.Namespace) -> int:
-    project = Project.open(args.project)
+    project = _open(args.project)
     project.refresh()
     rows = [("job", "type", "alias", "status", "start", "duration", "host", "summary")]
     for j in project.jobs(include_deleted=args.all):
@@ -90,7 +98,7 @@ def _tail(path: Path, n: int) -> list[str]:
 
 
 def _show_main(args: argparse.Namespace) -> int:
-    project = Project.open(args.project)
+    project = _open(args.project)
     project.refresh()
     job = project.job(args.job)
     print(f"{job.name}  {job.type}" + (f"  alias {job.alias}" if job.alias else ""))
@@ -150,7 +158,9 @@ def _continue_args(p: argparse.ArgumentParser) -> None:
 
 
 def _continue_main(args: argparse.Namespace) -> int:
-    project = Project.open(args.project)
+    from cryospa.project.runner import continue_job
+
+    project = _open(args.project)
     record = continue_job(project, args.job, background=args.background, j=args.j,
                           command=_command_line())
     return _report(record)
@@ -168,21 +178,25 @@ def _report(record: JobRecord) -> int:
 
 
 def _abort_main(args: argparse.Namespace) -> int:
-    project = Project.open(args.project)
+    from cryospa.project.runner import abort_job
+
+    project = _open(args.project)
     record = abort_job(project, args.job)
     print(f"{record.name} aborted")
     return 0
 
 
 def _stop_main(args: argparse.Namespace) -> int:
-    project = Project.open(args.project)
+    from cryospa.project.runner import stop_job
+
+    project = _open(args.project)
     record = stop_job(project, args.job)
     print(f"{record.name} will finish after the items already arrived")
     return 0
 
 
 def _delete_main(args: argparse.Namespace) -> int:
-    project = Project.open(args.project)
+    project = _open(args.project)
     job = project.job(args.job)
     dependents = project.delete(job.id)
     print(f"{job.name} moved to Trash/{job.dir}/")
@@ -200,7 +214,9 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
 
 
 def _graph_main(args: argparse.Namespace) -> int:
-    project = Project.open(args.project)
+    from cryospa.project.graph import graph_picture, graph_text
+
+    project = _open(args.project)
     project.refresh()
     print(graph_text(project))
     if args.o:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 from cryospa.cli._common import add_compute_args, compute_from_args, show_progress
-from cryospa.jobs.reconstruct import run_reconstruct
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +64,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the reconstruction."""
+    from cryospa.jobs.reconstruct import run_reconstruct  # torch: only when the command runs
+
     device = compute_from_args(args)
     result = run_reconstruct(
         args.i,

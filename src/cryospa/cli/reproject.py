@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 
 from cryospa.cli._common import add_compute_args, compute_from_args, show_progress
-from cryospa.jobs.reproject import run_reproject
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +60,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the projection."""
+    from cryospa.jobs.reproject import run_reproject  # torch: only when the command runs
+
     device = compute_from_args(args)
     result = run_reproject(
         args.map,

@@ -25,7 +25,14 @@ from cryospa.core import _padded_fourier as pf
 from cryospa.core.fourier import origin_to_centre
 from cryospa.core.masks import soft_circle, soft_sphere
 
-__all__ = ["BackProjector", "backproject", "make_backprojector", "reconstruct"]
+__all__ = [
+    "BackProjector",
+    "backproject",
+    "backproject_points",
+    "make_backprojector",
+    "reconstruct",
+    "symmetrise_backprojector",
+]
 
 
 @dataclass
@@ -145,6 +152,79 @@ def backproject(
     pf.scatter_centred(
         bp.data, bp.weight, coords.reshape(-1, bp.ndim), values.reshape(-1), wts.reshape(-1)
     )
+
+
+def backproject_points(
+    bp: BackProjector,
+    values: torch.Tensor,
+    weights: torch.Tensor,
+    rotations: torch.Tensor,
+    freq_px: torch.Tensor,
+) -> None:
+    """Insert slices known only at chosen frequencies (accumulates in place).
+
+    Adds ``values`` to the data and ``weights`` to the weight sums (no CTF applied here: pass
+    the already CTF-multiplied sums, e.g. ``sum w CTF X`` and ``sum w CTF^2``).
+
+    Parameters
+    ----------
+    bp
+        Accumulators from :func:`make_backprojector`.
+    values
+        ``(b, M)`` complex values (unnormalised transform units, as :func:`backproject`).
+    weights
+        ``(b, M)`` real weights.
+    rotations
+        ``(b, 3, 3)`` (3D) or ``(b, 2, 2)`` (2D) matrices.
+    freq_px
+        ``(M, 2)`` frequencies ``(kx, ky)`` in Fourier pixels of the ``n`` box (``|k| <= n/2``).
+    """
+    real_dtype = bp.weight.dtype
+    rot = rotations.to(device=bp.weight.device, dtype=real_dtype)
+    basis = rot[..., :2, :] if bp.ndim == 3 else rot[..., :2, :2]
+    k = freq_px.to(device=rot.device, dtype=real_dtype)
+    coords = torch.einsum("mi,bij->bmj", k, basis) * bp.padding_factor
+    pf.scatter_centred(
+        bp.data,
+        bp.weight,
+        coords.reshape(-1, bp.ndim),
+        values.to(bp.data.dtype).reshape(-1),
+        weights.to(real_dtype).reshape(-1),
+    )
+
+
+def symmetrise_backprojector(bp: BackProjector, operators: torch.Tensor) -> BackProjector:
+    """Impose a point group on the accumulators (as RELION's ``BackProjector::symmetrise``).
+
+    ``D'(k) = sum_s D(R_s k)`` and the same for the weights, interpolated trilinearly in the
+    padded grid; equivalent to inserting every slice once per operator, at the cost of one
+    resampling of the grid per operator. ``operators`` ``(S, 3, 3)`` proper rotations including
+    the identity. Returns a new accumulator (the input is unchanged).
+    """
+    if bp.ndim != 3:
+        raise ValueError("symmetry is imposed on 3D accumulators only")
+    data = bp.data.clone()
+    weight = bp.weight.clone()
+    pf.symmetrise_half_plane(data, 3, conj=True)
+    pf.symmetrise_half_plane(weight, 3, conj=False)
+    channels = pf.to_channels(torch.stack([data, weight.to(data.dtype)]))
+    n_full, n_x = data.shape[-2], data.shape[-1]
+    half = n_full // 2
+    real_dtype = bp.weight.dtype
+    dev = data.device
+    axis = torch.arange(n_full, device=dev, dtype=real_dtype) - half
+    gz, gy, gx = torch.meshgrid(axis, axis, torch.arange(n_x, device=dev, dtype=real_dtype),
+                                indexing="ij")
+    coords = torch.stack([gx, gy, gz], dim=-1).reshape(-1, 3)
+    acc = torch.zeros((2, coords.shape[0]), dtype=data.dtype, device=dev)
+    for op in operators.to(device=dev, dtype=real_dtype):
+        acc += pf.sample_centred(channels, coords @ op.T)
+    out = BackProjector(data=acc[0].reshape(data.shape), weight=acc[1].real.reshape(data.shape),
+                        box_size=bp.box_size, padded_size=bp.padded_size, ndim=3)
+    # reconstruct() adds the Friedel mates on the x = 0 plane again: keep half of it here
+    out.data[..., 0] *= 0.5
+    out.weight[..., 0] *= 0.5
+    return out
 
 
 def reconstruct(

@@ -27,6 +27,7 @@ __all__ = [
     "make_projector",
     "project",
     "project_images",
+    "project_points",
     "project_volume",
 ]
 
@@ -157,6 +158,45 @@ def project(
     )
     out[:, :, inside] = vals.reshape(projector.data.shape[0], b, -1)
     return out
+
+
+def project_points(
+    projector: Projector, rotations: torch.Tensor, freq_px: torch.Tensor
+) -> torch.Tensor:
+    """Central-slice values at chosen frequencies only (the engine's coefficient subsets).
+
+    Same values as :func:`project` at those frequencies, without building whole slices.
+
+    Parameters
+    ----------
+    projector
+        From :func:`make_projector`.
+    rotations
+        ``(b, 3, 3)`` (3D) or ``(b, 2, 2)`` (2D) rotation matrices.
+    freq_px
+        ``(M, 2)`` output frequencies ``(kx, ky)`` in Fourier pixels of the ``n`` box (rfft
+        half plane, ``|k| <= n / 2``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C, b, M)`` complex values (unnormalised transform, as :func:`project`).
+    """
+    want = (3, 3) if projector.ndim == 3 else (2, 2)
+    if rotations.ndim != 3 or tuple(rotations.shape[-2:]) != want:
+        raise ValueError(
+            f"rotations must have shape (b, {want[0]}, {want[1]}), got {tuple(rotations.shape)}"
+        )
+    real_dtype = projector.data.real.dtype
+    rot = rotations.to(device=projector.data.device, dtype=real_dtype)
+    basis = rot[..., :2, :] if projector.ndim == 3 else rot[..., :2, :2]
+    k = freq_px.to(device=rot.device, dtype=real_dtype)
+    coords = torch.einsum("mi,bij->bmj", k, basis) * projector.padding_factor
+    channels = (
+        projector.channels if projector.channels is not None else pf.to_channels(projector.data)
+    )
+    vals = pf.sample_centred(channels, coords.reshape(-1, projector.ndim))
+    return vals.reshape(projector.data.shape[0], rot.shape[0], k.shape[0])
 
 
 def project_volume(

@@ -350,13 +350,16 @@ class _LocalBlocks:
     valid: torch.Tensor  # (B, T_l, P_l) the pair's coarse parent was significant
 
     @classmethod
-    def from_significant(cls, keep: torch.Tensor, translation_children: int) -> _LocalBlocks:
-        """From the ``(B, T_c, P_c)`` significant coarse triples."""
+    def from_significant(
+        cls, keep: torch.Tensor, translation_children: int, pose_children: int = 2
+    ) -> _LocalBlocks:
+        """From the ``(B, T_c, P_c)`` significant coarse triples (fine pose ``c q + child``)."""
         order_t, trans = _selected(keep.any(2), translation_children)
-        order_p, pose = _selected(keep.any(1), 2)
+        order_p, pose = _selected(keep.any(1), pose_children)
         rows = torch.arange(keep.shape[0], device=keep.device)[:, None, None]
         parent = keep[rows, order_t[:, :, None], order_p[:, None, :]]  # (B, T_l/c, P_l/c)
-        valid = parent.repeat_interleave(translation_children, 1).repeat_interleave(2, 2)
+        valid = parent.repeat_interleave(translation_children, 1).repeat_interleave(
+            pose_children, 2)
         return cls(trans=trans, pose=pose, valid=valid)
 
     @property

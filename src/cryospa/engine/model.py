@@ -142,8 +142,8 @@ def _scalar_fields(obj: Any) -> dict[str, Any]:
 
 def save_checkpoint(
     stem: str | os.PathLike[str],
-    model: ClassModel,
-    particles: ParticleState,
+    model: Any,
+    particles: Any,
     *,
     extra: dict[str, Any] | None = None,
     arrays: dict[str, torch.Tensor] | None = None,
@@ -170,16 +170,22 @@ def save_checkpoint(
 
 def load_checkpoint(
     stem: str | os.PathLike[str],
-) -> tuple[ClassModel, ParticleState, dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU)."""
+    model_type: type[Any] = ClassModel,
+    particles_type: type[Any] = ParticleState,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
+
+    ``model_type`` / ``particles_type``: the dataclasses saved (3D jobs save
+    :class:`cryospa.engine.em3d.Model3D` and ``Particles3D``).
+    """
     stem = Path(stem)
     record = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
     tensors = torch.load(stem.with_name(record["tensors"]), weights_only=True)
     model_kw = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("model.")}
     part_kw = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("particles.")}
     arrays = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("arrays.")}
-    model = ClassModel(**model_kw, **record["model"])
+    model = model_type(**model_kw, **record["model"])
     extra = dict(record.get("extra") or {})
     if arrays:
         extra["arrays"] = arrays
-    return model, ParticleState(**part_kw), extra
+    return model, particles_type(**part_kw), extra

@@ -30,7 +30,7 @@ import torch
 from cryospa.core.rotations import euler_to_matrix
 from cryospa.core.sampling import in_plane_angles
 
-__all__ = ["InPlaneSampling", "rotations_2d"]
+__all__ = ["InPlaneSampling", "rotations_2d", "translation_grid"]
 
 
 def rotations_2d(psi_degrees: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,33 @@ def rotations_2d(psi_degrees: torch.Tensor) -> torch.Tensor:
     """
     zeros = torch.zeros_like(psi_degrees)
     return euler_to_matrix(torch.stack([zeros, zeros, psi_degrees], dim=-1))[..., :2, :2]
+
+
+def translation_grid(
+    offset_range_px: float, offset_step_px: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Coarse and fine translations (module docstring): ``(T_c, 2)``, ``(n_t T_c, 2)``, ``n_t``.
+
+    Shifts (dx, dy) in pixels, float64; a range of 0 searches only the origin (``n_t = 1``).
+    """
+    if offset_range_px < 0:
+        raise ValueError(f"offset range must be >= 0 pixels, got {offset_range_px}")
+    if offset_range_px == 0:
+        coarse_t = torch.zeros((1, 2), dtype=torch.float64)
+        return coarse_t, coarse_t.clone(), 1
+    if not offset_step_px > 0:
+        raise ValueError(f"offset step must be > 0 pixels, got {offset_step_px}")
+    step = 2.0 * offset_step_px
+    maxr = math.ceil(offset_range_px / step - 1e-9)
+    axis = torch.arange(-maxr, maxr + 1, dtype=torch.float64) * step
+    gy, gx = torch.meshgrid(axis, axis, indexing="ij")
+    grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+    inside = (grid * grid).sum(-1) <= offset_range_px**2 + 1e-9
+    coarse_t = grid[inside]
+    h = offset_step_px / 2.0
+    corners = torch.tensor([[-h, -h], [h, -h], [-h, h], [h, h]], dtype=torch.float64)
+    fine_t = (coarse_t[:, None, :] + corners[None]).reshape(-1, 2)
+    return coarse_t, fine_t, 4
 
 
 @dataclass(frozen=True)
@@ -83,24 +110,7 @@ class InPlaneSampling:
         step_c = 360.0 / coarse_psi.numel()
         quarter = step_c / 4.0
         fine_psi = torch.stack([coarse_psi - quarter, coarse_psi + quarter], dim=-1).reshape(-1)
-        if offset_range_px == 0:
-            coarse_t = torch.zeros((1, 2), dtype=torch.float64)
-            fine_t = coarse_t.clone()
-            children = 1
-        else:
-            step = 2.0 * offset_step_px
-            maxr = math.ceil(offset_range_px / step - 1e-9)
-            axis = torch.arange(-maxr, maxr + 1, dtype=torch.float64) * step
-            gy, gx = torch.meshgrid(axis, axis, indexing="ij")
-            grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
-            inside = (grid * grid).sum(-1) <= offset_range_px**2 + 1e-9
-            coarse_t = grid[inside]
-            h = offset_step_px / 2.0
-            corners = torch.tensor(
-                [[-h, -h], [h, -h], [-h, h], [h, h]], dtype=torch.float64
-            )  # (4, 2)
-            fine_t = (coarse_t[:, None, :] + corners[None]).reshape(-1, 2)
-            children = 4
+        coarse_t, fine_t, children = translation_grid(offset_range_px, offset_step_px)
         return cls(
             psi_step_degrees=float(psi_step_degrees),
             offset_range_px=float(offset_range_px),

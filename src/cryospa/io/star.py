@@ -544,7 +544,7 @@ def split_optics(df: pd.DataFrame, kind: Kind) -> RelionTable:
     return RelionTable(kind=kind, data=data, optics=optics)
 
 
-def write_relion_star(path: PathLike, table: RelionTable) -> None:
+def write_relion_star(path: PathLike, table: RelionTable, *, data_first: bool = False) -> None:
     """Write a RELION 3.1 STAR file: ``data_optics``, the data block, then other blocks.
 
     Parameters
@@ -553,10 +553,17 @@ def write_relion_star(path: PathLike, table: RelionTable) -> None:
         Output file (atomic write).
     table : RelionTable
         The table; every ``rlnOpticsGroup`` of the data must be in the optics table.
+    data_first : bool
+        Write the data block before ``data_optics``. RELION finds both blocks by name, but a
+        few RELION 3.1 programs read only the first block of a file: ``relion_autopick --ref``
+        needs ``rlnImageName`` / ``rlnReferenceImage`` there (class-average sets).
 
     """
     _check_optics(table)
-    blocks: dict[str, pd.DataFrame] = {"optics": table.optics, table.kind: table.data}
+    blocks: dict[str, pd.DataFrame] = (
+        {table.kind: table.data, "optics": table.optics} if data_first
+        else {"optics": table.optics, table.kind: table.data}
+    )
     for name, block in table.other_blocks.items():
         if name not in blocks:
             blocks[name] = block

@@ -421,8 +421,9 @@ class Class2D(IterativeJob):
             with atomic_output(ctx.path(dst)) as tmp:
                 shutil.copyfile(ctx.path(f"{stem}_{src}.star"), tmp)
         particles = read_relion_star(ctx.path(f"{stem}_data.star"), "particles")
-        write_relion_star(ctx.path("run_class_averages.star"),
-                          class_average_table(model, ctx.rel(f"{stem}_classes.mrcs"), particles))
+        write_relion_star(ctx.path("run_class_averages.star"),  # first block read by autopick
+                          class_average_table(model, ctx.rel(f"{stem}_classes.mrcs"), particles),
+                          data_first=True)
         counts = np.bincount(particles.data["rlnClassNumber"].to_numpy(dtype=np.int64) - 1,
                              minlength=model.n_classes)
         table = class_table(model, counts)

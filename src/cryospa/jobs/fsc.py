@@ -32,7 +32,11 @@ class FscResult:
     box_size: int
 
     def table(self) -> pd.DataFrame:
-        """RELION-style FSC table (rlnSpectralIndex, rlnResolution, rlnAngstromResolution, ...)."""
+        """RELION-style FSC table (rlnSpectralIndex, rlnResolution, rlnAngstromResolution, ...).
+
+        As RELION (``postprocessing.cpp``), shell 0 is written as 999 Å and ``1 / 999`` 1/Å
+        rather than 0, so every row has ``rlnResolution == 1 / rlnAngstromResolution``.
+        """
         with np.errstate(divide="ignore"):
             angstrom = np.where(
                 self.inverse_resolution > 0, 1.0 / np.maximum(self.inverse_resolution, 1e-30), 999.0
@@ -40,7 +44,7 @@ class FscResult:
         return pd.DataFrame(
             {
                 "rlnSpectralIndex": self.shells.astype(int),
-                "rlnResolution": self.inverse_resolution,
+                "rlnResolution": 1.0 / angstrom,
                 "rlnAngstromResolution": angstrom,
                 "rlnFourierShellCorrelation": self.fsc,
             }

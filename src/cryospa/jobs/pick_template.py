@@ -103,7 +103,7 @@ class References:
 def parse_class_numbers(spec: str) -> list[int]:
     """``"1,3,5"``, ``"1 3 5"`` or ``"2-4,7"`` -> sorted unique class numbers (>= 1)."""
     out: set[int] = set()
-    for part in re.split(r"[,\s]+", spec.strip()):
+    for part in re.split(r"[,\s]+", re.sub(r"\s*-\s*", "-", spec.strip())):
         if not part:
             continue
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
@@ -322,10 +322,10 @@ class PickTemplate(PerItemJob):
               "class-averages STAR file) or an .mrcs stack", relion="fn_refs_autopick"),
     )
     params = (
-        Param("classes", str, "", kind="text", metavar="NUMBERS",
+        Param("classes", str, "", kind="text", metavar="NUMBERS", multiple=True,
               help="pick with these references only (none given: all): class numbers "
-              "(rlnClassNumber) of a class-average set, image numbers of a stack, e.g. 1,3,5 "
-              "or 2-4"),
+              "(rlnClassNumber) of a class-average set, image numbers of a stack, e.g. 1,3,5, "
+              "1 3 5 or 2-4"),
         Param("references_angpix", float, 0.0, unit="Å", range=(0, None), metavar="Å",
               help="pixel size of the references; 0: from their optics table (a STAR set) or "
               "MRC header", relion="angpix_ref"),

@@ -2,7 +2,9 @@
 
 From two independent half maps (``--half-maps``: a refinement job, or half 1's MRC file; half 2
 is found by name as RELION does, ``half1`` -> ``half2`` in the file name, or given with
-``--half2``) and a solvent mask (``--mask``):
+``--half2``) and a solvent mask (``--mask``; optional, as in RELION: without it only the unmasked
+FSC is computed, steps 1-2 reduce to it, and the resolution, the FSC weighting and the B-factor
+fit all use the unmasked FSC; ``postprocess_masked.mrc`` is not written):
 
 1. FSC of the unmasked and of the masked half maps;
 2. Chen et al. (2013) correction of the mask's own correlation: the phases of both half maps are
@@ -424,8 +426,9 @@ class PostProcess(PerItemJob):
     inputs = (
         Input("half_maps", (NodeType.HALF_MAPS,), relion="fn_in",
               help="half map 1 (a refinement job, or its run_half1_class001_unfil.mrc)"),
-        Input("mask", (NodeType.MASK,), relion="fn_mask",
-              help="solvent mask, values in [0, 1] (cryospa mask / relion_mask_create)"),
+        Input("mask", (NodeType.MASK,), relion="fn_mask", required=False,
+              help="solvent mask, values in [0, 1] (cryospa mask / relion_mask_create); "
+              "without it only the unmasked FSC is used, as relion_postprocess without --mask"),
     )
     outputs = (
         Output("map", NodeType.VOLUME, "postprocess.mrc"),
@@ -440,6 +443,13 @@ class PostProcess(PerItemJob):
     )
 
     # ----------------------------------------------------------------------------------
+    def output_types(
+        self, inputs: Mapping[str, list[ResolvedInput]]
+    ) -> list[tuple[str, NodeType, str]]:
+        """The declared outputs; without a mask no masked map (as relion_postprocess)."""
+        outs = super().output_types(inputs)
+        return outs if inputs.get("mask") else [o for o in outs if o[0] != "masked_map"]
+
     @staticmethod
     def _half_paths(params: Mapping[str, Any], half1: Path, root: Path) -> tuple[Path, Path]:
         if params["half2"]:
@@ -485,25 +495,11 @@ class PostProcess(PerItemJob):
                 "the half maps must be on the same grid: resample one with cryospa resize "
                 "--angpix-out",
             )
-        mpath = Path(inputs["mask"][0].path)
-        mpath = mpath if mpath.is_absolute() else project_dir / mpath
-        mask, im = load_map(mpath, what="mask", angpix=i1.pixel_size_angstrom)
-        if im.box != i1.box:
-            raise InputFileError(
-                mpath, f"the mask is {im.box} px, the half maps {i1.box} px",
-                "make the mask on the half maps' grid (cryospa mask from the refined map), or "
-                f"resample it with cryospa resize --box-out {i1.box}",
-            )
-        header_apix = float(read_mrc_header(mpath).voxel_size_angstrom[0])
-        if header_apix > 0 and not math.isclose(header_apix, i1.pixel_size_angstrom, rel_tol=0.01):
-            raise InputFileError(
-                mpath, f"the mask has {header_apix:g} Å/px, the half maps "
-                f"{i1.pixel_size_angstrom:g} Å/px",
-                f"resample the mask with cryospa resize --angpix-out "
-                f"{i1.pixel_size_angstrom:g} (or re-import it with cryospa import mask --angpix "
-                "if only its header is wrong)",
-            )
-        check_mask_values(mask, mpath)
+        if inputs.get("mask"):
+            self._check_mask(Path(inputs["mask"][0].path), project_dir, i1.box,
+                             i1.pixel_size_angstrom)
+        elif params["force_mask"]:
+            raise ParameterError("postprocess: --force-mask needs a mask: give --mask")
         if params["mtf"]:
             mtf_path = Path(params["mtf"])
             read_mtf(mtf_path if mtf_path.is_absolute() else project_dir / mtf_path)
@@ -524,6 +520,28 @@ class PostProcess(PerItemJob):
                     f"({2 * apix:g} Å) and the box ({i1.box * apix:g} Å)"
                 )
 
+    @staticmethod
+    def _check_mask(mpath: Path, project_dir: Path, box: int, pixel_size_angstrom: float) -> None:
+        """A mask on the half maps' grid (box and pixel size), values in [0, 1]."""
+        mpath = mpath if mpath.is_absolute() else project_dir / mpath
+        mask, im = load_map(mpath, what="mask", angpix=pixel_size_angstrom)
+        if im.box != box:
+            raise InputFileError(
+                mpath, f"the mask is {im.box} px, the half maps {box} px",
+                "make the mask on the half maps' grid (cryospa mask from the refined map), or "
+                f"resample it with cryospa resize --box-out {box}",
+            )
+        header_apix = float(read_mrc_header(mpath).voxel_size_angstrom[0])
+        if header_apix > 0 and not math.isclose(header_apix, pixel_size_angstrom, rel_tol=0.01):
+            raise InputFileError(
+                mpath, f"the mask has {header_apix:g} Å/px, the half maps "
+                f"{pixel_size_angstrom:g} Å/px",
+                f"resample the mask with cryospa resize --angpix-out "
+                f"{pixel_size_angstrom:g} (or re-import it with cryospa import mask --angpix "
+                "if only its header is wrong)",
+            )
+        check_mask_values(mask, mpath)
+
     def list_items(self, ctx: JobContext) -> list[str]:
         """One item: half map 1."""
         return [ctx.input("half_maps").path]
@@ -536,8 +554,9 @@ class PostProcess(PerItemJob):
         dtype = torch.float32  # shell sums accumulate in float64 (ShellGrid); half the memory
         h1, i1 = load_map(p1, what="half map 1")
         h2, _ = load_map(p2, what="half map 2")
-        mask_rel = ctx.input("mask").path
-        m, _ = load_map(ctx.abs(mask_rel), what="mask", angpix=i1.pixel_size_angstrom)
+        mask_rel = ctx.input("mask").path if ctx.inputs.get("mask") else None
+        m = (None if mask_rel is None else
+             load_map(ctx.abs(mask_rel), what="mask", angpix=i1.pixel_size_angstrom)[0])
         apix = float(p["angpix"] or i1.pixel_size_angstrom)
         mtf_curve: MtfCurve | None = None
         mtf = None
@@ -552,7 +571,7 @@ class PostProcess(PerItemJob):
         result = postprocess_half_maps(
             torch.from_numpy(h1).to(device, dtype),
             torch.from_numpy(h2).to(device, dtype),
-            torch.from_numpy(m).to(device, dtype),
+            None if m is None else torch.from_numpy(m).to(device, dtype),
             pixel_size_angstrom=apix,
             mtf=mtf,
             auto_bfactor=auto,
@@ -572,9 +591,9 @@ class PostProcess(PerItemJob):
         sharp = result.sharpened
         write_mrc(ctx.path("postprocess.mrc"), sharp.volume.cpu().numpy().astype(np.float32),
                   voxel_size_angstrom=apix)
-        masked = sharp.volume if result.masked_map is None else result.masked_map
-        write_mrc(ctx.path("postprocess_masked.mrc"), masked.cpu().numpy().astype(np.float32),
-                  voxel_size_angstrom=apix)
+        if result.masked_map is not None:  # RELION writes no masked map without a mask
+            write_mrc(ctx.path("postprocess_masked.mrc"),
+                      result.masked_map.cpu().numpy().astype(np.float32), voxel_size_angstrom=apix)
         general: dict[str, Any] = {
             "rlnFinalResolution": result.resolution_angstrom,
             "rlnBfactorUsedForSharpening": sharp.bfactor_angstrom2,
@@ -607,6 +626,7 @@ class PostProcess(PerItemJob):
             "randomise_from": (None if result.randomise_from_shell is None
                                else result.box_size * apix / result.randomise_from_shell),
             "unmasked_fsc_used": result.used_unmasked_fsc,
+            "masked": result.fsc_masked is not None,
             "box": result.box_size,
             "angpix": apix,
             "warnings": result.warnings,
@@ -618,16 +638,17 @@ class PostProcess(PerItemJob):
 
         inv = 1.0 / result.shell_resolutions_angstrom
         inv[0] = 0.0
-        curves: dict[str, np.ndarray] = {"corrected": result.fsc_corrected,
-                                         "unmasked": result.fsc_unmasked}
+        curves: dict[str, np.ndarray] = {"unmasked": result.fsc_unmasked}
+        kind = "unmasked, no mask"
         if result.fsc_masked is not None and result.fsc_random_masked is not None:
-            curves["masked"] = result.fsc_masked
-            curves["phase-randomised masked"] = result.fsc_random_masked
+            curves = {"corrected": result.fsc_corrected, "unmasked": result.fsc_unmasked,
+                      "masked": result.fsc_masked,
+                      "phase-randomised masked": result.fsc_random_masked}
+            kind = "corrected" + (", unmasked used" if result.used_unmasked_fsc else "")
         plot_postprocess_fsc(
             ctx.path("postprocess_fsc.png"), inv, curves,
             resolution_angstrom=result.resolution_angstrom,
-            title=f"{ctx.job_name}: {result.resolution_angstrom:.2f} Å at FSC 0.143 "
-            f"(corrected{', unmasked used' if result.used_unmasked_fsc else ''})",
+            title=f"{ctx.job_name}: {result.resolution_angstrom:.2f} Å at FSC 0.143 ({kind})",
         )
         s = result.sharpened
         g: dict[str, np.ndarray] = {"original": s.ln_amplitude_original.cpu().double().numpy()}
@@ -658,7 +679,10 @@ class PostProcess(PerItemJob):
     def summary(self, ctx: JobContext, results: list[tuple[str, dict[str, Any]]]) -> str:
         """``4.35 Å (FSC 0.143, mask-corrected), B-factor -85 Å²``."""
         r = results[0][1]
-        kind = "unmasked FSC" if r["unmasked_fsc_used"] else "mask-corrected FSC"
+        if not r.get("masked", True):
+            kind = "unmasked FSC (no mask)"
+        else:
+            kind = "unmasked FSC" if r["unmasked_fsc_used"] else "mask-corrected FSC"
         return (f"{r['resolution']:.3g} Å at {kind} 0.143, B-factor {r['bfactor']:.4g} Å²"
                 + (f" ({len(r['warnings'])} warning(s) in run.out)" if r["warnings"] else ""))
 

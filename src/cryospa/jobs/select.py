@@ -28,9 +28,10 @@ and the particles STAR file (each particle's class).
 
 Outputs: ``particles.star`` (the particles of the kept classes, with their class, angle and
 origin, RELION 3.1), ``class_averages.star`` (the kept class averages, a ClassAverages set for
-``cryospa pick template``), ``class_scores.star`` (per class: particles, features, sub-scores,
-score, selected), ``selected.png`` (the gallery with kept classes framed green, rejected red, and
-their scores) and ``class_scores.txt``.
+``cryospa pick template`` and ``relion_autopick --ref``: its images block comes first, as that
+program reads only a file's first block), ``class_scores.star`` (per class: particles, features,
+sub-scores, score, selected), ``selected.png`` (the gallery with kept classes framed green,
+rejected red, and their scores) and ``class_scores.txt``.
 """
 
 from __future__ import annotations
@@ -221,8 +222,8 @@ class Select(PerItemJob):
               "file", relion="fn_model"),
     )
     params = (
-        Param("classes", str, "", kind="text", metavar="NUMBERS",
-              help="class numbers to keep, e.g. 1,4,7-9 (as in the class2d gallery)"),
+        Param("classes", str, "", kind="text", metavar="NUMBERS", multiple=True,
+              help="class numbers to keep, e.g. 1,4,7-9 or 1 4 7-9 (as in the class2d gallery)"),
         Param("auto", bool, False, help="rank the classes automatically by interpretable "
               "features and keep those scoring at least --min-score", relion="do_class_ranker"),
         Param("min_score", float, 0.5, range=(0, 1), metavar="SCORE",
@@ -288,8 +289,10 @@ class Select(PerItemJob):
 
         write_mrc(ctx.path("class_averages.mrcs"), cs.images[chosen - 1],
                   voxel_size_angstrom=cs.pixel_size_angstrom)
+        # images block first: relion_autopick --ref reads only a file's first block
         write_relion_star(ctx.path("class_averages.star"),
-                          RelionTable("particles", averages, first.reset_index(drop=True)))
+                          RelionTable("particles", averages, first.reset_index(drop=True)),
+                          data_first=True)
         write_star(ctx.path("class_scores.star"), {"class_scores": scores})
         write_text_atomic(ctx.path("class_scores.txt"), _score_text(scores))
         ctx.log(_score_text(scores).rstrip())

@@ -40,9 +40,9 @@ _SET_TYPES = tuple(SET_TYPES)
 
 
 def parse_rows(spec: str, n: int) -> np.ndarray:
-    """1-based row ranges (``1-10,15,20-``) -> sorted unique 0-based indices, checked < n."""
+    """1-based row ranges (``1-10,15,20-`` or ``1-10 15 20-``) -> sorted 0-based indices < n."""
     chosen: set[int] = set()
-    for part in spec.replace(" ", "").split(","):
+    for part in re.split(r"[,\s]+", re.sub(r"\s*-\s*", "-", spec.strip())):
         if not part:
             continue
         m = re.fullmatch(r"(\d+)(?:-(\d*))?", part)

@@ -11,8 +11,11 @@
 * :mod:`~cryospa.project.graph`: provenance as text and as a picture.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from cryospa.project.nodes import NodeType
-from cryospa.project.project import JobRecord, Project
 from cryospa.project.schema import (
     Input,
     IterativeJob,
@@ -25,6 +28,20 @@ from cryospa.project.schema import (
     RunOptions,
     register,
 )
+
+if TYPE_CHECKING:
+    from cryospa.project.project import JobRecord, Project
+
+
+def __getattr__(name: str) -> Any:
+    # Project / JobRecord on first use: cryospa.project.project loads pandas and the io layer,
+    # which importing cryospa.project.schema (the command line's --help) does not need
+    if name in ("JobRecord", "Project"):
+        from cryospa.project import project
+
+        return getattr(project, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Input",

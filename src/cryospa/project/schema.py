@@ -137,6 +137,12 @@ class Param:
         glob that must match at least one file (unless streaming); ``text``: free text.
     relion : str or None
         The matching RELION ``job.star`` variable, written for RELION's GUI.
+    metavar : str or None
+        Placeholder shown in ``--help`` (default: the unit or the type).
+    multiple : bool
+        A ``str`` parameter that takes one or several words on the command line
+        (``--classes 1 3 5`` as well as ``--classes 1,3,5``); several words, or a list given
+        from Python, are stored joined by commas (``"1,3,5"``).
 
     """
 
@@ -155,6 +161,11 @@ class Param:
     kind: ParamKind = "value"
     relion: str | None = None
     metavar: str | None = None
+    multiple: bool = False
+
+    def __post_init__(self) -> None:
+        if self.multiple and self.type is not str:
+            raise ValueError(f"parameter {self.name}: multiple=True needs type str")
 
     @property
     def option(self) -> str:
@@ -555,6 +566,7 @@ def add_job_arguments(parser: argparse.ArgumentParser, job_type: JobType) -> Non
                     *names,
                     dest=f"param_{p.name}",
                     type=p.type,
+                    nargs="+" if p.multiple else None,
                     default=None,
                     metavar=p.metavar or (p.unit if p.unit else p.type.__name__.upper()),
                     help=_help_text(p),
@@ -620,7 +632,8 @@ def params_from_namespace(
     job_type: JobType, args: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, list[str]], RunOptions]:
     """Raw parameter values (None = not given), input specs and run options from the CLI."""
-    params = {p.name: getattr(args, f"param_{p.name}", None) for p in job_type.params}
+    params = {p.name: _join_words(getattr(args, f"param_{p.name}", None))
+              for p in job_type.params}
     inputs: dict[str, list[str]] = {}
     for inp in job_type.inputs:
         value = getattr(args, f"input_{inp.name}", None)
@@ -637,7 +650,16 @@ def params_from_namespace(
     return params, inputs, run
 
 
+def _join_words(value: Any) -> Any:
+    """Several words of a ``multiple`` parameter (``--classes 1 3 5``) -> ``"1,3,5"``."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v).strip(",") for v in value)
+    return value
+
+
 def _coerce(p: Param, value: Any) -> Any:
+    if p.multiple:
+        value = _join_words(value)
     if p.type is bool:
         if isinstance(value, str):
             low = value.strip().lower()
