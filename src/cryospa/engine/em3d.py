@@ -475,6 +475,8 @@ def iterate_3d(
     groups = source.optics_groups()
     n_groups = sigma2.shape[0]
     budget = int(options.memory_mb * 2**20 / 8)
+    sym_ops = symmetry_operators(options.symmetry)
+    sym_ops = sym_ops[torch.linalg.det(sym_ops) > 0].to(device, torch.float32)
     new = replace(state, euler_degrees=state.euler_degrees.clone(),
                   offsets_px=state.offsets_px.clone(), class_index=state.class_index.clone(),
                   max_probability=state.max_probability.clone(),
@@ -508,7 +510,7 @@ def iterate_3d(
                 coarse_index=coarse_index, translations=translations, subset=subset,
                 base_rotations=base, log_pi=log_pi_j, sigma_offset_px=sigma_px,
                 log_norm=float(log_norm[g]), adaptive_fraction=options.adaptive_fraction,
-                stats=stats_j, slice_budget=budget)
+                stats=stats_j, slice_budget=budget, symmetry_ops=sym_ops)
             new.euler_degrees[idx] = matrix_to_euler(result.rotation.to(torch.float64)).cpu()
             new.offsets_px[idx] = (state.offsets_px[idx].to(device)
                                    + result.shift_px.to(torch.float64)).cpu()

@@ -189,6 +189,7 @@ def expectation_3d(
     stats: Statistics3D,
     slice_budget: int = 2**22,
     dense_switch: float = 0.3,
+    symmetry_ops: torch.Tensor | None = None,
 ) -> Result3D:
     """Score one batch, accumulate its M-step sums into ``stats``, return the best poses.
 
@@ -219,6 +220,9 @@ def expectation_3d(
         Sums to add to.
     slice_budget
         Largest number of complex slice coefficients held at once (memory bound).
+    symmetry_ops
+        ``(S, 3, 3)`` proper rotations of the point group: the posterior spread measures
+        angles between orientations up to symmetry (``A ~ A g``).
     dense_switch
         Global search: score every particle against the whole table of significant fine
         slices (dense products) when the per-particle blocks exceed this fraction of it.
@@ -299,7 +303,8 @@ def expectation_3d(
             for first in range(0, b, step):
                 rows_t = torch.arange(first, min(b, first + step), device=device)
                 best = _dense_fine(terms.take(rows_t), keep[rows_t], table, translations,
-                                   prior_f[rows_t], offsets_sq[rows_t], pose_prior_f, stats)
+                                   prior_f[rows_t], offsets_sq[rows_t], pose_prior_f, stats,
+                                   symmetry_ops)
                 lse[rows_t], pmax[rows_t], spread[rows_t] = best[0], best[1], best[2]
                 k_best[rows_t], rot_best[rows_t], shift_best[rows_t] = best[3], best[4], best[5]
             start = b
@@ -355,9 +360,7 @@ def expectation_3d(
         pm, flat = post.reshape(nb, -1).max(dim=1)
         best_p = flat % p_l
         best_rot = rots[torch.arange(nb, device=device), best_p]  # (nb, 3, 3)
-        tr = torch.einsum("bij,bpij->bp", best_rot, rots)
-        ang = torch.rad2deg(torch.arccos(((tr - 1.0) / 2.0).clamp(-1.0, 1.0)))
-        spread[rows_t] = (w_pose * ang).sum(1)
+        spread[rows_t] = (w_pose * _angles_to(best_rot, rots, symmetry_ops)).sum(1)
         lse[rows_t], pmax[rows_t] = lse_r, pm
         k_best[rows_t] = cls.gather(1, best_p[:, None])[:, 0]
         rot_best[rows_t] = best_rot
@@ -388,6 +391,7 @@ def _dense_fine(
     offsets_sq: torch.Tensor,
     pose_prior_f: torch.Tensor,
     stats: Statistics3D,
+    symmetry_ops: torch.Tensor | None,
 ) -> tuple[torch.Tensor, ...]:
     """Fine pass of a few particles against all slices of the table.
 
@@ -424,11 +428,25 @@ def _dense_fine(
     pmax, best = post.reshape(nb, -1).max(dim=1)
     u_best = best % n_u
     rot = table.rotations[u_best]
-    tr = torch.einsum("bij,uij->bu", rot, table.rotations)
-    ang = torch.rad2deg(torch.arccos(((tr - 1.0) / 2.0).clamp(-1.0, 1.0)))
-    spread = (w_pose * ang).sum(1)
+    spread = (w_pose * _angles_to(rot, table.rotations[None].expand(nb, -1, -1, -1),
+                                  symmetry_ops)).sum(1)
     return (lse, pmax, spread, table.classes[u_best], rot,
             translations.fine[best // n_u])
+
+
+def _angles_to(
+    best: torch.Tensor, rots: torch.Tensor, ops: torch.Tensor | None
+) -> torch.Tensor:
+    """Angles (degrees) from ``(b, 3, 3)`` orientations to ``(b, P, 3, 3)`` ones: ``(b, P)``.
+
+    The smallest over the symmetry mates ``R g`` of each orientation.
+    """
+    if ops is None or ops.shape[0] <= 1:
+        tr = torch.einsum("bij,bpij->bp", best, rots)
+    else:
+        bg = torch.einsum("bij,gkj->bgik", best, ops.to(best))  # best g^T
+        tr = torch.einsum("bpik,bgik->bpg", rots, bg).amax(-1)
+    return torch.rad2deg(torch.arccos(((tr - 1.0) / 2.0).clamp(-1.0, 1.0)))
 
 
 def _insert(
