@@ -44,6 +44,8 @@ __all__ = [
     "PassSetup",
     "coarse_shell",
     "expectation_pass",
+    "group_batches",
+    "initial_noise",
     "initialise",
     "iterate",
     "maximise",
@@ -142,7 +144,7 @@ def particle_mask(
     return soft_circle(box_size, radius, edge_width_px=options.mask_edge_px, device=device)
 
 
-def _group_batches(
+def group_batches(
     groups: torch.Tensor, batch_size: int, order: torch.Tensor | None = None
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(group, indices)`` batches of the particles ``order`` (all by default).
@@ -218,7 +220,7 @@ def initialise(
     class_sum = torch.zeros((k, n, n), dtype=torch.float64, device=device)
     class_count = torch.zeros(k, dtype=torch.float64, device=device)
     offsets = offsets_px.to(torch.float64)
-    for g, idx in _group_batches(groups, 256):
+    for g, idx in group_batches(groups, 256):
         images, _ = source.load(idx, device, ctf=False)
         masked = centre_and_mask(images, offsets[idx].to(device), mask, full=full)
         ft = full.gather(centred_rfft(masked))
@@ -228,18 +230,7 @@ def initialise(
         members = assign_dev[idx.to(device)]
         class_sum.index_add_(0, members, masked.to(torch.float64))
         class_count.index_add_(0, members, torch.ones_like(members, dtype=torch.float64))
-    counts = full.shell_counts.to(device).clamp(min=1)
-    sigma2 = torch.zeros((n_groups, shells), dtype=torch.float64, device=device)
-    for g in range(n_groups):
-        if count[g] <= 0:
-            continue
-        mean_power = power[g] / (count[g] * counts)
-        avg_power = power_spectrum((group_sum[g] / count[g])[None], full)[0]
-        value = mean_power - avg_power
-        floor = _MIN_SIGMA2_FRACTION * mean_power.mean()
-        sigma2[g] = torch.where(value > floor, value, floor)
-    used = count > 0
-    sigma2[~used] = sigma2[used].mean(0)
+    sigma2 = initial_noise(power, count, group_sum, full)
     mean_sigma2 = (sigma2 * count[:, None]).sum(0) / count.sum()
     average = group_sum.sum(0) / count.sum()
     tau2_avg = power_spectrum(average[None], full)[0]
@@ -266,6 +257,31 @@ def initialise(
         iteration=0,
     )
     return model, ParticleState.start(offsets_px)
+
+
+def initial_noise(
+    power: torch.Tensor, count: torch.Tensor, group_sum: torch.Tensor, full: FourierSubset
+) -> torch.Tensor:
+    """RELION's first noise spectra: mean image power minus the power of the average image.
+
+    ``power`` ``(G, S)`` summed full-grid image power per shell, ``count`` ``(G,)`` images and
+    ``group_sum`` ``(G, n, n)`` summed (centred, masked) images per optics group; returns
+    ``(G, S)`` float64 (a floor of 1e-3 of the mean power; empty groups get the mean of the
+    others).
+    """
+    counts = full.shell_counts.to(power.device).clamp(min=1)
+    sigma2 = torch.zeros_like(power, dtype=torch.float64)
+    for g in range(power.shape[0]):
+        if count[g] <= 0:
+            continue
+        mean_power = power[g] / (count[g] * counts)
+        avg_power = power_spectrum((group_sum[g] / count[g])[None], full)[0]
+        value = mean_power - avg_power
+        floor = _MIN_SIGMA2_FRACTION * mean_power.mean()
+        sigma2[g] = torch.where(value > floor, value, floor)
+    used = count > 0
+    sigma2[~used] = sigma2[used].mean(0)
+    return sigma2
 
 
 @dataclass
@@ -358,7 +374,7 @@ def expectation_pass(
     fine_psi = setup.sampling.fine_psi.to(device)
     grid = setup.grid
     order = torch.arange(len(source)) if particles is None else particles.cpu()
-    for number, (g, idx) in enumerate(_group_batches(groups, batch_size, order)):
+    for number, (g, idx) in enumerate(group_batches(groups, batch_size, order)):
         images, ctf = source.load(idx, device, ctf=options.ctf)
         generator = None
         if not options.zero_mask:

@@ -30,7 +30,7 @@ joined (``tau2`` from the FSC of the whole data, ``sqrt(2 FSC / (1 + FSC))``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -58,6 +58,7 @@ from cryospa.core.sampling import angular_step_degrees
 from cryospa.core.symmetry import symmetry_operators
 from cryospa.engine.coefficients import FourierSubset
 from cryospa.engine.data import ParticleSource, centre_and_mask, centred_rfft, prepare_batch
+from cryospa.engine.em2d import group_batches, initial_noise
 from cryospa.engine.estep import BatchTerms, ReferenceSlices
 from cryospa.engine.estep3d import (
     Statistics3D,
@@ -77,8 +78,6 @@ __all__ = [
     "iterate_3d",
     "update_schedule",
 ]
-
-_MIN_SIGMA2_FRACTION = 1e-3
 
 
 @dataclass(frozen=True)
@@ -287,15 +286,6 @@ def shell_mean_weight(bp: BackProjector) -> torch.Tensor:
         bp.padding_factor ** 3)
 
 
-def _batches(groups: torch.Tensor, members: torch.Tensor, size: int
-             ) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(group, index)`` batches of the particles ``members``, one optics group at a time."""
-    for g in torch.unique(groups[members]).tolist():
-        idx = members[groups[members] == g]
-        for start in range(0, idx.numel(), size):
-            yield int(g), idx[start:start + size]
-
-
 def _noise_and_scale(
     source: ParticleSource,
     offsets_px: torch.Tensor,
@@ -325,7 +315,7 @@ def _noise_and_scale(
     x_sum = torch.zeros(low.size, dtype=torch.complex128, device=device)
     a_sum = torch.zeros_like(x_sum)
     used = 0
-    for g, idx in _batches(groups, torch.arange(len(source)), 256):
+    for g, idx in group_batches(groups, 256):
         images, ctf = source.load(idx, device, ctf=options.ctf)
         masked = centre_and_mask(images, offsets_px[idx].to(device), mask, full=full)
         ft = centred_rfft(masked)
@@ -340,19 +330,7 @@ def _noise_and_scale(
             x_sum += low.gather(ft).sum(0).to(torch.complex128)
             a_sum += a.sum(0).to(torch.complex128)
             used += idx.numel()
-    counts = full.shell_counts.to(device).clamp(min=1)
-    sigma2 = torch.zeros((n_groups, shells), dtype=torch.float64, device=device)
-    for g in range(n_groups):
-        if count[g] <= 0:
-            continue
-        mean_power = power[g] / (count[g] * counts)
-        avg = full.gather(centred_rfft((group_sum[g] / count[g])[None].to(torch.float32)))
-        avg_power = full.shell_sums((avg.abs() ** 2).to(torch.float64))[0] / counts
-        value = mean_power - avg_power
-        floor = _MIN_SIGMA2_FRACTION * mean_power.mean()
-        sigma2[g] = torch.where(value > floor, value, floor)
-    ok = count > 0
-    sigma2[~ok] = sigma2[ok].mean(0)
+    sigma2 = initial_noise(power, count, group_sum, full)
     mult = low.multiplicity.to(device, torch.float64)
     num = (mult * (x_sum * a_sum.conj()).real).sum()
     den = (mult * a_sum.abs() ** 2).sum()
@@ -397,10 +375,6 @@ def initialise_3d(
     k = options.n_classes
     s = n // 2 + 1
     tau2 = volume_tau2(refs_h).cpu()
-    if options.n_classes > 1:
-        # RELION's class3d starts from one reference for all classes; random subsets break the
-        # symmetry in the first E-step
-        pass
     local = options.local_sigma_degrees > 0
     model = Model3D(
         references=refs_h.cpu(),
@@ -486,12 +460,11 @@ def iterate_3d(
     all_stats: list[Statistics3D] = []
     per_particle = translations.coarse.shape[0] * sampling.n_coarse * k_classes * 3
     batch = int(max(8, min(512, budget // max(1, per_particle))))
-    h = 0  # the half-set being processed (read by _estep_members)
 
-    def _estep_members(members_j: torch.Tensor, projectors_j: list[Any],
+    def _estep_members(h: int, members_j: torch.Tensor, projectors_j: list[Any],
                        stats_j: Statistics3D, coarse_j: ReferenceSlices | None,
                        log_pi_j: torch.Tensor, k0: int) -> None:
-        for number, (g, idx) in enumerate(_batches(groups, members_j, batch)):
+        for number, (g, idx) in enumerate(group_batches(groups, batch, members_j)):
             images, ctf = source.load(idx, device, ctf=options.ctf)
             generator = None
             if not options.zero_mask:
@@ -557,7 +530,7 @@ def iterate_3d(
                     values=coarse.values[k0 * p_c:(k0 + 1) * p_c],
                     power=coarse.power[k0 * p_c:(k0 + 1) * p_c], n_classes=1, n_psi=p_c)
             log_pi_j = log_pi[k0:k0 + 1] if seed_classes else log_pi
-            _estep_members(members_j, projectors_j, stats_j, coarse_j, log_pi_j, k0)
+            _estep_members(h, members_j, projectors_j, stats_j, coarse_j, log_pi_j, k0)
         all_stats.append(stats)
         del coarse, projectors
     new_model, info = maximise_3d(model, all_stats, subset, full, options, device=device)
@@ -582,10 +555,6 @@ def _class_view(stats: Statistics3D, k: int) -> Statistics3D:
     """The sums of one class: shared tensors, class ``k``'s accumulator and mass (views)."""
     return replace(stats, backprojectors=[stats.backprojectors[k]],
                    class_mass=stats.class_mass[k:k + 1])
-
-
-def _halves_fsc(maps: list[torch.Tensor]) -> torch.Tensor:
-    return fsc(maps[0], maps[1]).to(torch.float64).cpu()
 
 
 def maximise_3d(
@@ -633,17 +602,16 @@ def maximise_3d(
     shells = torch.arange(s)
     if options.gold_standard:
         raw = [reconstruct(bps[h][0], tau2=None) for h in range(halves)]
-        fsc_curve = torch.nan_to_num(_halves_fsc([r * mask3 for r in raw]), nan=0.0)
+        fsc_curve = torch.nan_to_num(
+            fsc(raw[0] * mask3, raw[1] * mask3).to(torch.float64).cpu(), nan=0.0)
         fsc_curve[subset.max_shell + 1:] = 0.0  # nothing was inserted there
         fsc_curve[0] = 1.0
         res = _resolution(fsc_curve, 0.143, n, apix)
         resolution[0] = res
         fsc_c = fsc_curve.clamp(min=1e-3, max=0.999)
         for h in range(halves):
-            w = shell_mean_weight(bps[h][0]).cpu()
             ssnr = fsc_c / (1.0 - fsc_c)
-            t2 = torch.where(w > 0, ssnr / w.clamp(min=1e-30), torch.zeros_like(w))
-            t2 = torch.where(shells < 2, torch.full_like(t2, 1e30), t2)
+            t2 = _tau2_from_ssnr(ssnr, bps[h][0])
             tau2[h, 0] = t2
             dvp[h, 0] = ssnr * options.tau2_fudge
             refs[h, 0] = reconstruct(bps[h][0], tau2=t2.to(device),
@@ -656,10 +624,7 @@ def maximise_3d(
                                    weight=bps[0][0].weight + bps[1][0].weight,
                                    box_size=n, padded_size=bps[0][0].padded_size, ndim=3)
             whole = torch.sqrt(2 * fsc_c / (1 + fsc_c))
-            ssnr = whole / (1.0 - whole).clamp(min=1e-3)
-            w = shell_mean_weight(joined).cpu()
-            t2 = torch.where(w > 0, ssnr / w.clamp(min=1e-30), torch.zeros_like(w))
-            t2 = torch.where(shells < 2, torch.full_like(t2, 1e30), t2)
+            t2 = _tau2_from_ssnr(whole / (1.0 - whole).clamp(min=1e-3), joined)
             info["combined"] = reconstruct(joined, tau2=t2.to(device),
                                            tau2_fudge=options.tau2_fudge).cpu()
     else:
@@ -702,6 +667,13 @@ def maximise_3d(
     info["class_fractions"] = fractions.tolist()
     info["average_pmax"] = new.average_pmax
     return new, info
+
+
+def _tau2_from_ssnr(ssnr: torch.Tensor, bp: BackProjector) -> torch.Tensor:
+    """``tau2 = SSNR / mean weight`` per shell of a reconstruction (no prior on shells 0, 1)."""
+    w = shell_mean_weight(bp).cpu()
+    t2 = torch.where(w > 0, ssnr / w.clamp(min=1e-30), torch.zeros_like(w))
+    return torch.where(torch.arange(t2.numel()) < 2, torch.full_like(t2, 1e30), t2)
 
 
 def _last_shell_above(curve: torch.Tensor, threshold: float) -> int:

@@ -74,7 +74,13 @@ from cryospa.project.schema import (
     register,
 )
 
-__all__ = ["Class2D", "StarParticles", "options_from_params"]
+__all__ = [
+    "Class2D",
+    "StarParticles",
+    "options_from_params",
+    "particle_source",
+    "project_file",
+]
 
 _DESCRIPTION = __doc__ or ""
 #: Images kept in memory when the whole stack is at most this large (RELION --preread_images).
@@ -252,7 +258,7 @@ class Class2D(IterativeJob):
     ) -> None:
         """Stacks exist, CTF columns when --ctf, the mask fits the box, K <= particles."""
         resolve_device(str(params["device"]))
-        path = _abs(project_dir, inputs["particles"][0].path)
+        path = project_file(project_dir, inputs["particles"][0].path)
         table = read_relion_star(path, "particles")
         resolve_stacks(table, path, project_dir)
         particles = load_particles(path)
@@ -294,16 +300,7 @@ class Class2D(IterativeJob):
 
     # ----------------------------------------------------------------------------------
     def _source(self, ctx: JobContext) -> StarParticles:
-        cached = ctx.scratch.get("source")
-        if isinstance(cached, StarParticles):
-            return cached
-        particles = load_particles(ctx.abs(ctx.input("particles").path))
-        source = StarParticles(
-            particles,
-            intact_until_first_peak=bool(ctx.params["ignore_ctf_until_first_peak"]),
-        )
-        ctx.scratch["source"] = source
-        return source
+        return particle_source(ctx)
 
     def run_iteration(self, ctx: JobContext, it: int) -> dict[str, Any]:
         """One EM iteration from the previous checkpoint (or the initial model)."""
@@ -463,7 +460,21 @@ class Class2D(IterativeJob):
 # --------------------------------------------------------------------------------------
 
 
-def _abs(project_dir: Path, path: str) -> Path:
+def particle_source(ctx: JobContext) -> StarParticles:
+    """The job's ``particles`` input as an engine source, made once per run (``ctx.scratch``)."""
+    cached = ctx.scratch.get("source")
+    if isinstance(cached, StarParticles):
+        return cached
+    source = StarParticles(
+        load_particles(ctx.abs(ctx.input("particles").path)),
+        intact_until_first_peak=bool(ctx.params["ignore_ctf_until_first_peak"]),
+    )
+    ctx.scratch["source"] = source
+    return source
+
+
+def project_file(project_dir: Path, path: str) -> Path:
+    """``path`` as given to a job: absolute, or relative to the project folder."""
     p = Path(path)
     return p if p.is_absolute() else project_dir / p
 

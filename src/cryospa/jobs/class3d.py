@@ -79,15 +79,18 @@ class Class3D(ML3DJob):
         return int(ctx.params["iterations"])
 
     def _describe(self, it: int, model: Any, info: Mapping[str, Any]) -> str:
-        parts = ", ".join(f"#{k + 1} {100 * f:.1f} % {r:.1f} Å" for k, (f, r) in enumerate(
-            zip(info["class_fractions"], info["resolution_angstrom"], strict=True)))
-        return (f"iteration {it}: {parts}; <Pmax> {info['average_pmax']:.3f}, orientation "
-                f"change {info['angle_change_degrees']:.2f}°")
+        return (f"iteration {it}: {_classes(info)}; <Pmax> {info['average_pmax']:.3f}, "
+                f"orientation change {info['angle_change_degrees']:.2f}°")
 
     def summary(self, ctx: JobContext, last_iteration: int, info: Mapping[str, Any]) -> str:
         """``4 classes, 25 iterations: #1 61.2 % 6.3 Å, ...``."""
-        fr = list(info.get("class_fractions") or [])
-        res = list(info.get("resolution_angstrom") or [])
-        parts = ", ".join(f"#{k + 1} {100 * f:.1f} % {r:.1f} Å"
-                          for k, (f, r) in enumerate(zip(fr, res, strict=False)))
-        return f"{len(fr)} classes, {last_iteration} iterations: {parts}"
+        n = len(info.get("class_fractions") or [])
+        return f"{n} classes, {last_iteration} iterations: {_classes(info)}"
+
+
+def _classes(info: Mapping[str, Any]) -> str:
+    """``#1 61.2 % 6.3 Å, #2 ...`` from an iteration's figures."""
+    fr = list(info.get("class_fractions") or [])
+    res = list(info.get("resolution_angstrom") or [])
+    return ", ".join(f"#{k + 1} {100 * f:.1f} % {r:.1f} Å"
+                     for k, (f, r) in enumerate(zip(fr, res, strict=False)))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cryospa.compute.device import resolve_device, set_threads
@@ -53,7 +54,7 @@ from cryospa.io.star import (
     write_star,
 )
 from cryospa.jobs._maps import check_mask_values, load_map, map_info, same_pixel_size
-from cryospa.jobs.class2d import StarParticles
+from cryospa.jobs.class2d import StarParticles, particle_source, project_file
 from cryospa.jobs.import_particles import resolve_stacks
 from cryospa.jobs.particles import CTF_COLUMNS, OPTICS_CTF_COLUMNS, load_particles
 from cryospa.project.nodes import NodeType
@@ -73,11 +74,6 @@ __all__ = ["ML3DJob", "Refine3D", "data_table_3d"]
 
 
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-
-
-def _abs(project_dir: Path, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else project_dir / p
 
 
 def common_params(*, tau2: float, ini_high: float, order_help: str) -> tuple[Param, ...]:
@@ -147,7 +143,7 @@ class ML3DJob(IterativeJob):
             raise ParameterError(
                 f"{who}: --symmetry {params['symmetry']!r} is not a point group ({err}); use "
                 "C1, Cn, Dn, T, O or I (RELION's names)") from None
-        path = _abs(project_dir, inputs["particles"][0].path)
+        path = project_file(project_dir, inputs["particles"][0].path)
         table = read_relion_star(path, "particles")
         resolve_stacks(table, path, project_dir)
         particles = load_particles(path)
@@ -155,7 +151,7 @@ class ML3DJob(IterativeJob):
         if params["ctf"]:
             require_columns(particles.rows, CTF_COLUMNS + OPTICS_CTF_COLUMNS, path=path,
                             table="particles (for --ctf)")
-        ref = map_info(_abs(project_dir, inputs["reference"][0].path), what="reference map")
+        ref = map_info(project_file(project_dir, inputs["reference"][0].path), what="reference map")
         if ref.box != n or not same_pixel_size(ref.pixel_size_angstrom, apix):
             raise InputFileError(
                 ref.path,
@@ -164,7 +160,7 @@ class ML3DJob(IterativeJob):
                 f"resample it: cryospa resize --volume {ref.path.name} --angpix-out {apix:g} "
                 f"--box-out {n}")
         if inputs.get("mask"):
-            mpath = _abs(project_dir, inputs["mask"][0].path)
+            mpath = project_file(project_dir, inputs["mask"][0].path)
             mask, minfo = load_map(mpath, what="mask")
             if minfo.box != n:
                 raise InputFileError(mpath, f"the mask is {minfo.box} px, the particles {n} px",
@@ -191,16 +187,6 @@ class ML3DJob(IterativeJob):
     def checkpoint(self, ctx: JobContext, it: int) -> str:
         """``run_itNNN_optimiser.star``."""
         return f"run_it{it:03d}_optimiser.star"
-
-    def _source(self, ctx: JobContext) -> StarParticles:
-        cached = ctx.scratch.get("source")
-        if isinstance(cached, StarParticles):
-            return cached
-        particles = load_particles(ctx.abs(ctx.input("particles").path))
-        source = StarParticles(
-            particles, intact_until_first_peak=bool(ctx.params["ignore_ctf_until_first_peak"]))
-        ctx.scratch["source"] = source
-        return source
 
     def _halves(self, ctx: JobContext, source: StarParticles) -> torch.Tensor:
         rows = source.particles.rows
@@ -236,7 +222,7 @@ class ML3DJob(IterativeJob):
         try:
             device = resolve_device(str(ctx.params["device"]))
             options = self.options(ctx.params)
-            source = self._source(ctx)
+            source = particle_source(ctx)
             if it == 1:
                 model, state = self._start(ctx, source, options, device)
                 ctx.log(f"{ctx.job_name}: {len(source)} particles, symmetry {options.symmetry},"
@@ -448,8 +434,6 @@ def model_blocks_3d(model: Model3D, it: int) -> dict[str, Any]:
     shells = np.arange(n // 2 + 1)
     inv_res = shells / (n * apix)
     ang = np.where(shells > 0, n * apix / np.maximum(shells, 1), 999.0)
-    import pandas as pd
-
     blocks: dict[str, Any] = {
         "model_general": {
             "rlnReferenceDimensionality": 3,
