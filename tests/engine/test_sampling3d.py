@@ -15,7 +15,7 @@ from cryospa.core.projection import make_projector, project, project_points
 from cryospa.core.rotations import angular_distance_degrees, random_rotations
 from cryospa.core.symmetry import symmetrise_volume, symmetry_operators
 from cryospa.engine.coefficients import FourierSubset
-from cryospa.engine.estep3d import _angles_to, freq_px
+from cryospa.engine.estep3d import angles_to, freq_px
 from cryospa.engine.sampling3d import OrientationSampling
 
 
@@ -86,5 +86,5 @@ def test_angles_between_orientations_count_symmetry_mates_as_equal() -> None:
     ops = symmetry_operators("D2").float()
     r = random_rotations(3, generator=torch.Generator().manual_seed(3)).float()
     mates = torch.stack([r @ o for o in ops], dim=1)
-    assert float(_angles_to(r, mates, ops).max()) < 0.1
-    assert float(_angles_to(r, mates, None)[:, 1:].min()) > 170.0
+    assert float(angles_to(r, mates, ops).max()) < 0.1
+    assert float(angles_to(r, mates, None)[:, 1:].min()) > 170.0

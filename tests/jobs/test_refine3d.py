@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,8 +20,9 @@ from cryospa.errors import CryospaError, InputFileError, ParameterError
 from cryospa.io.mrc import read_mrc, write_mrc
 from cryospa.io.star import read_relion_star, read_star
 from cryospa.project.project import JobRecord, Project
-from cryospa.project.runner import submit
+from cryospa.project.runner import continue_job, submit
 from cryospa.project.schema import get_job_type
+from tests.project.helpers import cli_command, env
 
 #: 400 LDH (D2) particles of 32 px at 6 Å/px: seconds per iteration.
 TINY = ("--level", "particles", "--map", "builtin:ldh", "--n", "400", "--box", "32",
@@ -86,6 +91,39 @@ def test_refine3d_writes_relion_outputs_and_aligns(
     assert true_res < 20.0, true_res
 
 
+def test_killed_refine3d_continues_from_its_last_iteration(
+    refined: tuple[Project, JobRecord], tiny: Path, tmp_path: Path
+) -> None:
+    ref_project, ref_record = refined  # the same job, uninterrupted
+    args = ["refine3d", "--particles", "job001", "--reference", "job002",
+            "--max-iterations=4"] + [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    killed = Project.init(tmp_path / "killed")
+    _setup(killed, tiny)
+    proc = subprocess.Popen(cli_command(args), cwd=killed.root, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    job = killed.root / "Refine3D" / "job003"
+    deadline = time.monotonic() + 120
+    while not (job / "run_it001_optimiser.star").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # during iteration 2, or in its writing
+    proc.wait()
+    assert (job / "run_it001_optimiser.star").exists(), "not started in time"
+    assert not (job / "run_data.star").exists(), "killed too late"
+    killed.refresh()
+    assert killed.job("job003").status != "succeeded"
+    record = continue_job(killed, "job003")
+    assert record.status == "succeeded", record.error
+    want_dir = ref_project.root / ref_record.dir
+    want = read_relion_star(want_dir / "run_data.star", "particles").data
+    got = read_relion_star(job / "run_data.star", "particles").data
+    for col in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"):
+        np.testing.assert_allclose(got[col], want[col], atol=1e-4)
+    a, _ = read_mrc(job / "run_class001.mrc")
+    b, _ = read_mrc(want_dir / "run_class001.mrc")
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
 def test_refine3d_bad_input_is_refused_before_work(
     refined: tuple[Project, JobRecord], tmp_path: Path
 ) -> None:
@@ -121,3 +159,65 @@ def test_class3d_runs_and_writes_classes(tiny: Path, tmp_path: Path) -> None:
     assert set(data["rlnClassNumber"]) <= {1, 2}
     fractions = read_star(job / "run_model.star")["model_classes"]["rlnClassDistribution"]
     assert abs(float(fractions.sum()) - 1.0) < 1e-6
+
+
+@pytest.mark.slow
+def test_refine3d_with_d2_beats_c1_on_d2_particles(tiny: Path, tmp_path: Path) -> None:
+    """The tutorial's point: imposing the specimen's D2 symmetry gives a better map."""
+    resolutions = {}
+    for symmetry in ("D2", "C1"):
+        project = Project.init(tmp_path / symmetry)
+        _setup(project, tiny)
+        record = submit(project, get_job_type("refine3d"),
+                        {**FAST, "symmetry": symmetry, "max_iterations": 6},
+                        {"particles": ["job001"], "reference": ["job002"]})
+        assert record.status == "succeeded", record.error
+        fsc_col = read_star(project.root / record.dir / "run_model.star")["model_class_1"]
+        curve = torch.from_numpy(fsc_col["rlnGoldStandardFsc"].to_numpy(dtype=np.float64))
+        resolutions[symmetry] = resolution_at_threshold(curve, box_size=32,
+                                                        pixel_size_angstrom=6.0, threshold=0.143)
+    # measured: D2 14.8 Å, C1 21.3 Å (400 particles, 6 iterations at 15° fine sampling)
+    assert resolutions["D2"] < 0.85 * resolutions["C1"], resolutions
+
+
+def _second_conformation(volume: np.ndarray) -> np.ndarray:
+    """``volume`` with four D2-related globular additions (a bound partner, ~25 % more mass)."""
+    n = volume.shape[0]
+    z, y, x = np.mgrid[:n, :n, :n] - n // 2
+    out = volume.astype(np.float64).copy()
+    site = np.array([5.0, 4.0, 3.0])  # px (x, y, z): 42 Å from the centre at 6 Å/px
+    for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
+        px, py, pz = site * np.array(signs)
+        out += 0.8 * volume.max() * np.exp(-((x - px) ** 2 + (y - py) ** 2 + (z - pz) ** 2)
+                                           / (2 * 1.2 ** 2))
+    return out.astype(np.float32)
+
+
+@pytest.mark.slow
+def test_class3d_separates_two_conformations(
+    tiny: Path, simulated: Callable[..., Path], tmp_path: Path
+) -> None:
+    """60 / 40 mixture of two states, classified from the first state's map at 30 Å."""
+    first, _ = read_mrc(tiny / "ground_truth" / "map_class001.mrc")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    write_mrc(maps / "a.mrc", first, voxel_size_angstrom=6.0)
+    write_mrc(maps / "b.mrc", _second_conformation(first), voxel_size_angstrom=6.0)
+    mix = simulated("--level", "particles", "--map", str(maps / "a.mrc"), "--map",
+                    str(maps / "b.mrc"), "--fractions", "0.6", "0.4", "--n", "600", "--box",
+                    "32", "--angpix", "6", "--snr", "0.3", "--sym", "D2")
+    project = Project.init(tmp_path / "p")
+    for kind, params in (("import particles", {"particles": str(mix / "particles.star")}),
+                         ("import volume", {"map": str(maps / "a.mrc")})):
+        assert submit(project, get_job_type(kind), params, {}).status == "succeeded"
+    record = submit(project, get_job_type("class3d"),
+                    {**FAST, "healpix_order": 2, "classes": 2, "iterations": 12},
+                    {"particles": ["job001"], "reference": ["job002"]})
+    assert record.status == "succeeded", record.error
+    got = read_relion_star(project.root / record.dir / "run_data.star",
+                           "particles").data["rlnClassNumber"].to_numpy()
+    truth = read_relion_star(mix / "ground_truth" / "particles_true.star",
+                             "particles").data["rlnClassNumber"].to_numpy()
+    accuracy = max(float((got == truth).mean()), float((got == 3 - truth).mean()))
+    # measured 0.90 (12 iterations at 7.5° fine sampling)
+    assert accuracy >= 0.9, accuracy

@@ -14,8 +14,11 @@ back-projecting into 3D accumulators as it goes, then the M-step (:func:`maximis
   shell, the Wiener regulariser of each half's reconstruction; the resolution (FSC 0.143) is
   reported, and the next E-step uses the coefficients up to where ``FSC >= 0.5`` plus
   ``incr_size`` shells (RELION: where the half map's SNR ``data_vs_prior`` drops below 1);
-* classification: ``tau2_k`` is the power spectrum of class ``k``'s reference, its resolution
-  where ``T tau2_k mean(W_k)`` drops below 1 (as 2D).
+* classification: each class is also reconstructed from every other batch of particles on
+  its own; the FSC ``F_k`` between the two parts gives the class's spectral SNR
+  ``2 F_k / (1 - F_k)`` and hence ``tau2_k``; its resolution is where ``T`` times that SNR
+  drops below 1 (RELION's ``data_vs_prior``). Estimating ``tau2`` from the data rather than
+  from the reference's power lets a reference low-passed to ``ini_high`` gain resolution.
 
 Auto-sampling (RELION's ``updateAngularSampling`` / ``checkConvergence``, simplified): when an
 iteration brings no resolution gain and the mean change of the particles' orientations stops
@@ -49,7 +52,6 @@ from cryospa.core.fsc import ShellGrid, fsc
 from cryospa.core.masks import soft_circle, soft_sphere
 from cryospa.core.projection import make_projector, project_points
 from cryospa.core.rotations import (
-    angular_distance_degrees,
     euler_to_matrix,
     matrix_to_euler,
     random_rotations,
@@ -63,6 +65,7 @@ from cryospa.engine.estep import BatchTerms, ReferenceSlices
 from cryospa.engine.estep3d import (
     Statistics3D,
     Translations,
+    angles_to,
     coarse_slices,
     expectation_3d,
     freq_px,
@@ -464,7 +467,13 @@ def iterate_3d(
     def _estep_members(h: int, members_j: torch.Tensor, projectors_j: list[Any],
                        stats_j: Statistics3D, coarse_j: ReferenceSlices | None,
                        log_pi_j: torch.Tensor, k0: int) -> None:
-        for number, (g, idx) in enumerate(group_batches(groups, batch, members_j)):
+        size = batch
+        if stats_j.split_backprojectors is not None:  # about 8 batches: two balanced parts
+            size = max(8, min(batch, math.ceil(members_j.numel() / 8)))
+        for number, (g, idx) in enumerate(group_batches(groups, size, members_j)):
+            target = stats_j
+            if stats_j.split_backprojectors is not None and number % 2 == 1:
+                target = replace(stats_j, backprojectors=stats_j.split_backprojectors)
             images, ctf = source.load(idx, device, ctf=options.ctf)
             generator = None
             if not options.zero_mask:
@@ -483,7 +492,7 @@ def iterate_3d(
                 coarse_index=coarse_index, translations=translations, subset=subset,
                 base_rotations=base, log_pi=log_pi_j, sigma_offset_px=sigma_px,
                 log_norm=float(log_norm[g]), adaptive_fraction=options.adaptive_fraction,
-                stats=stats_j, slice_budget=budget, symmetry_ops=sym_ops)
+                stats=target, slice_budget=budget, symmetry_ops=sym_ops)
             new.euler_degrees[idx] = matrix_to_euler(result.rotation.to(torch.float64)).cpu()
             new.offsets_px[idx] = (state.offsets_px[idx].to(device)
                                    + result.shift_px.to(torch.float64)).cpu()
@@ -514,6 +523,8 @@ def iterate_3d(
             log_likelihood=torch.zeros((), dtype=torch.float64, device=device),
             pmax_sum=torch.zeros((), dtype=torch.float64, device=device),
             angular_spread=torch.zeros((), dtype=torch.float64, device=device),
+            split_backprojectors=None if options.gold_standard else [
+                make_backprojector(n, device=device) for _ in range(k_classes)],
         )
         if seed_classes:
             runs = [(torch.nonzero(state.class_index[members] == k).flatten(), k)
@@ -536,8 +547,10 @@ def iterate_3d(
     new_model, info = maximise_3d(model, all_stats, subset, full, options, device=device)
     # changes of the hidden variables (for the schedule)
     if model.iteration > 0:
-        change = angular_distance_degrees(euler_to_matrix(state.euler_degrees),
-                                          euler_to_matrix(new.euler_degrees))
+        # up to symmetry: a jump to a symmetry mate is no change of the particle's view
+        change = angles_to(euler_to_matrix(state.euler_degrees).to(torch.float32),
+                            euler_to_matrix(new.euler_degrees).to(torch.float32)[:, None],
+                            sym_ops.cpu())[:, 0]
         new_model.angle_change_degrees = float(change.mean())
         new_model.offset_change_px = float(
             (new.offsets_px - state.offsets_px).norm(dim=1).mean())
@@ -553,7 +566,9 @@ def iterate_3d(
 
 def _class_view(stats: Statistics3D, k: int) -> Statistics3D:
     """The sums of one class: shared tensors, class ``k``'s accumulator and mass (views)."""
+    split = stats.split_backprojectors
     return replace(stats, backprojectors=[stats.backprojectors[k]],
+                   split_backprojectors=None if split is None else [split[k]],
                    class_mass=stats.class_mass[k:k + 1])
 
 
@@ -572,8 +587,10 @@ def maximise_3d(
     s = n // 2 + 1
     ops = symmetry_operators(options.symmetry)
     ops = ops[torch.linalg.det(ops) > 0].to(device, torch.float32)
-    bps = [[symmetrise_backprojector(bp, ops) if ops.shape[0] > 1 else bp
-            for bp in st.backprojectors] for st in stats]
+    def _sym(bp: BackProjector) -> BackProjector:
+        return symmetrise_backprojector(bp, ops) if ops.shape[0] > 1 else bp
+
+    bps = [[_sym(bp) for bp in st.backprojectors] for st in stats]
     # class fractions, offsets, noise
     mass = torch.stack([st.class_mass for st in stats]).sum(0)
     total = float(mass.sum())
@@ -599,7 +616,6 @@ def maximise_3d(
     fsc_curve = torch.zeros(s, dtype=torch.float64)
     resolution = torch.full((k_classes,), 999.0, dtype=torch.float64)
     info: dict[str, Any] = {}
-    shells = torch.arange(s)
     if options.gold_standard:
         raw = [reconstruct(bps[h][0], tau2=None) for h in range(halves)]
         fsc_curve = torch.nan_to_num(
@@ -628,21 +644,33 @@ def maximise_3d(
             info["combined"] = reconstruct(joined, tau2=t2.to(device),
                                            tau2_fudge=options.tau2_fudge).cpu()
     else:
-        old_tau2 = volume_tau2(model.references[0] * mask3.cpu())  # (K, S)
+        # Each class's spectral SNR from the FSC between the reconstructions of alternate
+        # batches (the data, not the reference's power: a reference low-passed to
+        # ini_high would otherwise keep every later map below that resolution)
         next_shell = 1
+        split = stats[0].split_backprojectors
         for k in range(k_classes):
-            bp = bps[0][k]
-            if not bool((bp.weight > 0).any()):
+            even = bps[0][k]
+            odd = _sym(split[k]) if split is not None else None
+            if odd is None or not (bool((even.weight > 0).any()) and bool((odd.weight > 0).any())):
                 refs[0, k] = model.references[0, k]
                 tau2[0, k] = model.tau2[0, k]
                 continue
-            w = shell_mean_weight(bp).cpu()
-            t2 = old_tau2[k].clone()
-            t2 = torch.where(shells < 2, torch.full_like(t2, 1e30), t2)
+            joined = BackProjector(data=even.data + odd.data, weight=even.weight + odd.weight,
+                                   box_size=n, padded_size=even.padded_size, ndim=3)
+            parts = [reconstruct(bp, tau2=None) for bp in (even, odd)]
+            curve = torch.nan_to_num(
+                fsc(parts[0] * mask3, parts[1] * mask3).to(torch.float64).cpu(), nan=0.0)
+            curve[subset.max_shell + 1:] = 0.0
+            curve[0] = 1.0
+            curve = curve.clamp(min=1e-3, max=0.999)
+            ssnr = 2.0 * curve / (1.0 - curve)  # both parts together: twice a part's SNR
+            t2 = _tau2_from_ssnr(ssnr, joined)
             tau2[0, k] = t2
-            snr = options.tau2_fudge * old_tau2[k] * w
+            snr = options.tau2_fudge * ssnr
             dvp[0, k] = snr
-            refs[0, k] = reconstruct(bp, tau2=t2.to(device), tau2_fudge=options.tau2_fudge).cpu()
+            refs[0, k] = reconstruct(joined, tau2=t2.to(device),
+                                     tau2_fudge=options.tau2_fudge).cpu()
             below = snr[1:] < 1.0
             last = int(below.to(torch.int64).argmax()) if bool(below.any()) else s - 1
             resolution[k] = n * apix / max(last, 1)

@@ -92,6 +92,9 @@ class Statistics3D:
 
     ``backprojectors[k]`` hold class ``k``'s inserted slices; ``residual`` ``(G, M)`` float64 is
     the expected residual per coefficient in ``c`` units (see the module docstring).
+    ``split_backprojectors``: a second set of class accumulators that the caller fills from
+    every other batch (classification without half-sets estimates each class's spectral SNR
+    from the FSC between the two), or ``None``.
     """
 
     backprojectors: list[BackProjector]
@@ -103,6 +106,7 @@ class Statistics3D:
     log_likelihood: torch.Tensor
     pmax_sum: torch.Tensor
     angular_spread: torch.Tensor  # summed posterior mean angle to the best orientation (deg)
+    split_backprojectors: list[BackProjector] | None = None
 
 
 def coarse_slices(
@@ -360,7 +364,7 @@ def expectation_3d(
         pm, flat = post.reshape(nb, -1).max(dim=1)
         best_p = flat % p_l
         best_rot = rots[torch.arange(nb, device=device), best_p]  # (nb, 3, 3)
-        spread[rows_t] = (w_pose * _angles_to(best_rot, rots, symmetry_ops)).sum(1)
+        spread[rows_t] = (w_pose * angles_to(best_rot, rots, symmetry_ops)).sum(1)
         lse[rows_t], pmax[rows_t] = lse_r, pm
         k_best[rows_t] = cls.gather(1, best_p[:, None])[:, 0]
         rot_best[rows_t] = best_rot
@@ -428,13 +432,13 @@ def _dense_fine(
     pmax, best = post.reshape(nb, -1).max(dim=1)
     u_best = best % n_u
     rot = table.rotations[u_best]
-    spread = (w_pose * _angles_to(rot, table.rotations[None].expand(nb, -1, -1, -1),
+    spread = (w_pose * angles_to(rot, table.rotations[None].expand(nb, -1, -1, -1),
                                   symmetry_ops)).sum(1)
     return (lse, pmax, spread, table.classes[u_best], rot,
             translations.fine[best // n_u])
 
 
-def _angles_to(
+def angles_to(
     best: torch.Tensor, rots: torch.Tensor, ops: torch.Tensor | None
 ) -> torch.Tensor:
     """Angles (degrees) from ``(b, 3, 3)`` orientations to ``(b, P, 3, 3)`` ones: ``(b, P)``.
