@@ -22,12 +22,12 @@ back-projecting into 3D accumulators as it goes, then the M-step (:func:`maximis
 
 Auto-sampling (RELION's ``updateAngularSampling`` / ``checkConvergence``, simplified): when an
 iteration brings no resolution gain and the mean change of the particles' orientations stops
-shrinking, the HEALPix order goes up by one (offset range and step halve) as long as the
-posterior is narrower than the current fine step (a finer grid can still help); from
-``auto_local_order`` on, searches are local around each particle's orientation (Gaussian prior
-of one coarse step). When the sampling cannot usefully get finer and neither resolution nor
-orientations change any more, a final iteration runs at full Nyquist and both halves are
-joined (``tau2`` from the FSC of the whole data, ``sqrt(2 FSC / (1 + FSC))``).
+shrinking (or is below 40 % of the angular step), the HEALPix order goes up by one (offset range
+and step halve) as long as the posterior is narrower than the current fine step (a finer grid
+can still help); from ``auto_local_order`` on, searches are local around each particle's
+orientation (Gaussian prior of one coarse step). When the sampling cannot usefully get finer and
+neither resolution nor orientations change any more, a final iteration runs at full Nyquist and
+both halves are joined (``tau2`` from the FSC of the whole data, ``sqrt(2 FSC / (1 + FSC))``).
 """
 
 from __future__ import annotations
@@ -728,7 +728,10 @@ def update_schedule(model: Model3D, options: Refine3DOptions) -> Model3D:
     else:
         m.iterations_without_gain += 1
     change = m.angle_change_degrees
-    if change >= 0.98 * m.smallest_angle_change:
+    # RELION: changes are no longer "large" when they stop shrinking, or when they are below
+    # 40 % of the angular step (particles hopping between neighbouring samples)
+    if change >= 0.97 * m.smallest_angle_change or \
+            change < 0.4 * angular_step_degrees(m.healpix_order):
         m.iterations_without_change += 1
     else:
         m.iterations_without_change = 0
