@@ -41,6 +41,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _rows import add_json_option, row, side, write_rows  # noqa: E402
+
 from cryospa.engine import iterate, load_checkpoint  # noqa: E402
 from cryospa.engine.em2d import Class2DOptions  # noqa: E402
 from cryospa.io.mrc import read_mrc  # noqa: E402
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--vdam", type=int, default=0, metavar="MINIBATCHES",
                         help="also run cryospa with --vdam --minibatches MINIBATCHES")
     parser.add_argument("--work", type=Path, default=None, help="work folder (kept)")
+    add_json_option(parser)
     args = parser.parse_args()
     if not args.skip_relion and shutil.which("relion_refine") is None:
         sys.exit("RELION is not installed (apt-get install relion): use --skip-relion")
@@ -232,6 +235,18 @@ def main() -> None:
         print(f"| {name} | {r['wall']:.0f} | {r['per_iteration']:.1f} | {r['rss']:.0f} | "
               f"{r['purity_min']:.3f} / {r['purity_weighted']:.3f} | {r['frc_median']:.1f} / "
               f"{r['frc_top3']:.1f} / {r['frc_best']:.1f} |")
+
+    def figures(r: dict[str, float] | None) -> dict[str, object] | None:
+        if r is None:
+            return None
+        return side(r["wall"], r["rss"], f"purity {r['purity_min']:.3f}, class vs truth FRC "
+                    f"{r['frc_median']:.1f} Å (median)")
+
+    write_rows(args.json, [
+        row("2D classification" + (" (VDAM)" if "vdam" in name else ""), data,
+            figures(r), figures(rows.get("RELION 3.1")) if "vdam" not in name else None,
+            relion_program="relion_refine 2D", note="whole run")
+        for name, r in rows.items() if name.startswith("cryospa")])
     if args.adaptive_check:
         _print_adaptive(adaptive_check(sim, work, args))
     print(f"\nwork folder: {work}")

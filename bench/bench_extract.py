@@ -44,6 +44,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _rows import add_json_option, row, side, write_rows  # noqa: E402
+
 from bench.bench_projection import fsc05, timed  # noqa: E402
 from cryospa.core.fourier import fourier_rescale  # noqa: E402
 from cryospa.io.coords import write_coordinates_star  # noqa: E402
@@ -147,6 +149,10 @@ def _warm_seconds(project: Project, command: list[str]) -> float:
     return time.perf_counter() - t
 
 
+#: The rows for ``--json`` (bench/run_all.py).
+JSON_ROWS: list[dict[str, object]] = []
+
+
 def simulated(args: argparse.Namespace, work: Path) -> Path:
     if args.sim and (Path(args.sim) / "ground_truth").is_dir():
         return Path(args.sim)
@@ -203,10 +209,12 @@ def bench_simulated(args: argparse.Namespace, work: Path) -> list[str]:
              "RELION": root / "Relion/particles.star"}
     n_particles = len(read_star(stars["cryospa"])["particles"])
     agree = _agreement(_stacks(root / "Extract/job003"), _stacks(root / "Relion"))
+    sides = {}
     for name, t, w, m in (("cryospa", t_us, f"{1000 * warm:.0f} ms", m_us),
                           ("RELION 3.1", t_rel, "-", m_rel)):
         res, px = _fsc_to_truth(stars["cryospa" if name == "cryospa" else "RELION"], sim, root,
                                 name.split()[0])
+        sides[name] = side(t / n_mics, m, f"reconstruction FSC 0.5 vs truth {res:.2f} Å")
         rows.append(
             f"| {name} | {n_mics} x 1024² @ {info['pixel_size_angstrom']} Å, {n_particles} "
             f"particles, {box} -> {scale} px | {1000 * t / n_mics:.0f} ms | {w} | {m:.0f} MB | "
@@ -220,6 +228,9 @@ def bench_simulated(args: argparse.Namespace, work: Path) -> list[str]:
     print(f"\nper-particle correlation cryospa vs RELION: min {agree[0]:.5f}, median "
           f"{agree[1]:.5f}; without the Nyquist terms: min {agree[2]:.6f}, median "
           f"{agree[3]:.6f}")
+    JSON_ROWS.append(row("particle extraction", f"{n_mics} micrographs, {n_particles} particles, "
+                         f"{box} -> {scale} px", sides["cryospa"], sides["RELION 3.1"],
+                         relion_program="relion_preprocess --extract", note="per micrograph"))
     return rows
 
 
@@ -282,6 +293,8 @@ def main() -> None:
     parser.add_argument("--rescale", type=int, default=96, help="re-scaled box (0: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", help="keep the work folder here")
+    parser.add_argument("--skip-real", action="store_true", help="only the simulated micrographs")
+    add_json_option(parser)
     args = parser.parse_args()
     if shutil.which("relion_preprocess") is None:
         sys.exit("relion_preprocess not found: install RELION 3.1 (apt-get install relion)")
@@ -291,7 +304,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         bench_simulated(args, work)
-        bench_real(args, work)
+        write_rows(args.json, JSON_ROWS)
+        if not args.skip_real:
+            bench_real(args, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

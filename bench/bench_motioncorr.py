@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _rows import add_json_option, row, side, write_rows
 
 from cryospa.core.motion import polynomial_shift
 from cryospa.io.star import read_star
@@ -177,6 +178,7 @@ def main() -> int:
                         "frames (simulating one takes about 6 min and 4.5 GB)")
     parser.add_argument("--skip-relion", action="store_true")
     parser.add_argument("--skip-patches", action="store_true")
+    add_json_option(parser)
     args = parser.parse_args()
     if args.n_movies is None:
         args.n_movies = 1 if args.big else 2
@@ -210,6 +212,18 @@ def main() -> int:
         local = f"{r.local_rms:.3f}" if r.local_rms is not None else "—"
         print(f"| {r.program} | {r.mode} | {r.wall_s / r.n_movies:.1f} s | {r.peak_mb:.0f} MB "
               f"({r.peak_mb / movie_mb:.2f}x) | {r.global_rms:.3f} | {local} |")
+
+    def figures(r: Run) -> dict[str, object]:
+        acc = f"shift RMS {r.global_rms:.3f} px" + (
+            f", at patches {r.local_rms:.3f} px" if r.local_rms is not None else "")
+        return side(r.wall_s / r.n_movies, r.peak_mb, acc)
+
+    data = f"{runs[0].n_movies} movie(s) {w} x {h} x {n_frames}"
+    write_rows(args.json, [
+        row(f"motion correction, {r.mode}", data, figures(r),
+            next((figures(x) for x in runs if x.program != "cryospa" and x.mode == r.mode),
+                 None), relion_program="relion_run_motioncorr --use_own", note="per movie")
+        for r in runs if r.program == "cryospa"])
     return 0
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _rows import add_json_option, row, side, write_rows
 
 from cryospa.core.picking import match_positions, pick_log
 from cryospa.io.coords import read_coordinates
@@ -94,6 +95,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default: 1; relion_autopick --LoG uses one)")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it")
+    add_json_option(parser)
     args = parser.parse_args()
     if shutil.which("relion_autopick") is None:
         print("relion_autopick not found (apt-get install relion): RELION columns left empty")
@@ -164,6 +166,16 @@ def main() -> int:
     for prog, label, wall, mem, s in rows:
         print(f"| {prog} | {label} | {wall / n_mic:.2f} s | {mem:.0f} MB | {s['n']:.0f} | "
               f"{s['P']:.3f} | {s['R']:.3f} | {s['F1']:.3f} | {s['Pj']:.3f}, {s['F1j']:.3f} |")
+
+    def figures(r: tuple) -> dict[str, object]:  # type: ignore[type-arg]
+        s = r[4]
+        return side(r[2] / n_mic, r[3], f"F1 {s['F1']:.3f} (P {s['P']:.2f}, R {s['R']:.2f})")
+
+    write_rows(args.json, [
+        row(f"LoG picking, {r[1]}", f"{n_mic} micrographs {w} x {h}", figures(r),
+            next((figures(x) for x in rows if x[0] != "cryospa" and x[1] == r[1]), None),
+            relion_program="relion_autopick --LoG", note="per micrograph")
+        for r in rows if r[0] == "cryospa"])
     return 0
 
 

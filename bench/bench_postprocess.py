@@ -38,6 +38,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _rows import add_json_option, row, side, write_rows  # noqa: E402
+
 from cryospa.io.mrc import read_mrc, write_mrc  # noqa: E402
 from cryospa.io.mtf import read_mtf  # noqa: E402
 from cryospa.io.star import read_star  # noqa: E402
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=256, help="also time at this box (0: no)")
     parser.add_argument("--mtf-angpix", type=float, default=0.75)
     parser.add_argument("--work", type=Path, default=None)
+    add_json_option(parser)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_postprocess_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -214,6 +217,17 @@ def main() -> None:
                   f"{statistics.mean(bs):.1f} [{min(bs):.0f}, {max(bs):.0f}] Å² | "
                   f"{r6['bfactor']:.1f} Å² |")
     sys.stdout.flush()
+    json_rows = [row("mask creation", f"{args.box} px map", side(
+        w_cm, m_cm, f"{flips} voxels differ from RELION's at 0.5"), side(w_rm, m_rm, "reference"),
+        relion_program="relion_mask_create", note="whole command")]
+    for label, res, _, _, _ in table:
+        def pp(r: dict[str, float]) -> dict[str, object]:
+            return side(r["wall"], r["rss"], f"{r['resolution']:.2f} Å, B {r['bfactor']:.0f} Å²")
+
+        json_rows.append(row(f"post-processing ({label})", f"{args.box} px, {apix} Å/px",
+                             pp(res["ours0"]), pp(res["relion0"]),
+                             relion_program="relion_postprocess", note="whole command"))
+    write_rows(args.json, json_rows)
 
     # ---- a real-size box ---------------------------------------------------------------
     if args.big:

@@ -31,6 +31,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _rows import add_json_option, row, side, write_rows  # noqa: E402
+
 from cryospa.core.fsc import fsc, resolution_at_threshold  # noqa: E402
 from cryospa.io.mrc import read_mrc, write_mrc  # noqa: E402
 from tests.synthetic import write_map_and_angles  # noqa: E402
@@ -170,6 +172,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    add_json_option(parser)
     args = parser.parse_args()
     if shutil.which("relion_project") is None:
         sys.exit("RELION is not installed (apt-get install relion): nothing to compare against")
@@ -210,6 +213,12 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for r in rows:
         print("| " + " | ".join(r[k] for k in keys) + " |")
+    write_rows(args.json, [
+        row(r["step"], r["data"], side(float(r["ours"]), float(r["mem_ours"]), r["acc_ours"]),
+            side(float(r["relion"]), float(r["mem_relion"]), r["acc_relion"]),
+            relion_program="relion_project" if r["step"].startswith("project")
+            else "relion_reconstruct", note="whole command")
+        for r in rows])
     if not args.keep:
         shutil.rmtree(work)
 

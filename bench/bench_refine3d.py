@@ -23,6 +23,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import torch
+from _rows import add_json_option, row, side, write_rows
 
 from cryospa.core.fsc import fsc, resolution_at_threshold
 from cryospa.core.rotations import angular_distance_degrees, euler_to_matrix
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--ini-high", type=float, default=40.0)
     ap.add_argument("--max-iterations", type=int, default=25)
     ap.add_argument("--threads", type=int, default=2)
+    add_json_option(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = args.data or args.out / "sim"
@@ -103,6 +105,12 @@ def main() -> None:
           f"{float(model.resolution_angstrom[0]):.2f} Å, true-map FSC 0.5 {true_res:.2f} Å, "
           f"median angle error {float(angle_errors(state.euler_degrees).median()):.2f}°, "
           f"peak RSS {peak:.0f} MB")
+    write_rows(args.json, [row(
+        "3D auto-refine (from the true map)", f"{len(source)} x {args.box} px, "
+        f"{apix:g} Å/px, {args.sym}",
+        side(wall, peak, f"{float(model.resolution_angstrom[0]):.2f} Å, true-map FSC 0.5 "
+             f"{true_res:.2f} Å"), None, relion_program="relion_refine --auto_refine (not yet "
+        "compared)", note="whole run, in-process")])
 
 
 if __name__ == "__main__":

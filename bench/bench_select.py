@@ -34,6 +34,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _rows import add_json_option, side, write_rows  # noqa: E402
+from _rows import row as result_row  # noqa: E402
+
 from bench.bench_class2d import timed  # noqa: E402
 from cryospa.cli.main import main as cli  # noqa: E402
 from cryospa.io.mrc import read_mrc  # noqa: E402
@@ -150,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--skip-relion", action="store_true")
     parser.add_argument("--work", type=Path, default=None)
+    add_json_option(parser)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_select_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -188,6 +192,19 @@ def main() -> None:
               f"{100 * r['rejected_broken']:.0f} / {100 * r['rejected_ice']:.0f} %) | "
               f"{100 * r['molecules_kept']:.1f} % | {r['purity_min']:.3f} | "
               f"{r['frc_median']:.1f} / {r['frc_best']:.1f} Å |")
+
+    def figures(r: dict[str, float] | None) -> dict[str, object] | None:
+        if r is None:
+            return None
+        return side(r["wall"], r["rss"], f"junk rejected {100 * r['junk_rejected']:.0f} %, "
+                    f"molecules kept {100 * r['molecules_kept']:.0f} %, kept purity "
+                    f"{r['purity_min']:.3f}")
+
+    write_rows(args.json, [result_row(
+        "2D classification + select --auto (junk)", f"{labels.size} particles, "
+        f"{100 * args.junk:.0f} % junk, K={args.classes}, {args.iterations} it",
+        figures(rows["cryospa"]), figures(rows.get("RELION 3.1")),  # type: ignore[arg-type]
+        relion_program="relion_refine 2D (+ cryospa select)", note="classification")])
 
 
 if __name__ == "__main__":

@@ -22,12 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from _rows import add_json_option, row, side, write_rows
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tutorial", choices=["tutorial", "tiny"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", default=None, help="write the data set here and keep it")
+    add_json_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp) / "sim"
@@ -51,6 +54,12 @@ def main() -> int:
         f"{params['n_frames']} frames, {params['n_particles']} particles + "
         f"{params['n_junk']} junk | {wall:.1f} s | {peak_mb:.0f} MB | {size:.0f} MB |"
     )
+    write_rows(args.json, [row(
+        f"simulate --preset {args.preset}", f"{params['n_micrographs']} movies {w} x {h} x "
+        f"{params['n_frames']}, {params['n_particles']} particles", side(
+            wall, peak_mb, f"{size:.0f} MB written, ground truth"), None,
+        relion_program="no equivalent: relion_project makes particle images only",
+        note="whole command")])
     return 0
 
 

@@ -14,7 +14,13 @@ from cryospa.core.class_features import class_image_features
 from cryospa.errors import InputFileError, ParameterError
 from cryospa.io.coords import read_coordinates
 from cryospa.io.mrc import read_mrc, write_mrc
-from cryospa.io.star import RelionTable, read_relion_star, read_star, write_relion_star
+from cryospa.io.star import (
+    RelionTable,
+    read_relion_star,
+    read_star,
+    write_relion_star,
+    write_star,
+)
 from cryospa.jobs.select import ClassSet, class_scores, read_classification
 from cryospa.project.project import JobRecord, Project
 from cryospa.project.runner import submit
@@ -269,3 +275,146 @@ def test_junk_lands_in_rejected_classes(simulated: Callable[..., Path], tmp_path
     assert all(p >= 0.95 for _, p in purity.values()), purity
     # most of the good particles are kept
     assert (molecules & in_kept).sum() >= 0.8 * molecules.sum()
+
+
+# --------------------------------------------------------------------------------------
+# --auto that would keep nothing (issue 6) and 3D classes
+# --------------------------------------------------------------------------------------
+
+
+def _optics(apix: float, box: int) -> pd.DataFrame:
+    return pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                         "rlnVoltage": [200.0], "rlnSphericalAberration": [1.4],
+                         "rlnAmplitudeContrast": [0.1], "rlnImagePixelSize": [apix],
+                         "rlnImageSize": [box], "rlnImageDimensionality": [2]})
+
+
+def _write_2d_classification(root: Path, images: np.ndarray, counts: list[int],
+                             resolution: list[float]) -> str:
+    """A 2D classification on disk as class2d writes it; returns the optimiser (relative)."""
+    folder = root / "Fake2D"
+    folder.mkdir(parents=True)
+    k, box, apix = len(images), images.shape[-1], 3.54
+    write_mrc(folder / "run_it003_classes.mrcs", images.astype(np.float32),
+              voxel_size_angstrom=apix)
+    total = sum(counts)
+    write_star(folder / "run_it003_model.star", {
+        "model_general": {"rlnReferenceDimensionality": 2, "rlnPixelSize": apix},
+        "model_classes": pd.DataFrame({
+            "rlnReferenceImage": [f"{i + 1:06d}@Fake2D/run_it003_classes.mrcs"
+                                  for i in range(k)],
+            "rlnClassDistribution": [c / total for c in counts],
+            "rlnEstimatedResolution": resolution}),
+    })
+    classes = np.repeat(np.arange(1, k + 1), counts)
+    data = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@Particles/p.mrcs"
+                                          for i in range(total)],
+                         "rlnClassNumber": classes, "rlnOpticsGroup": 1})
+    write_relion_star(folder / "run_it003_data.star",
+                      RelionTable("particles", data, _optics(apix, box)))
+    write_star(folder / "run_it003_optimiser.star", {"optimiser_general": {
+        "rlnModelStarFile": "Fake2D/run_it003_model.star",
+        "rlnExperimentalDataStarFile": "Fake2D/run_it003_data.star",
+        "rlnParticleDiameter": 150.0, "rlnCurrentIteration": 3}})
+    return "Fake2D/run_it003_optimiser.star"
+
+
+def test_auto_that_keeps_no_class_fails_and_says_why(project: Project) -> None:
+    # issue 6: --auto once "succeeded" with an empty class_averages.star
+    n = 48
+    good = _blob(n, (n / 2, n / 2), 8.0).numpy()
+    images = np.stack([good, good, good])
+    # no class has a resolution: every score is 0, whatever --min-score
+    optimiser = _write_2d_classification(project.root, images, [40, 30, 30], [999.0] * 3)
+    n_jobs = len(project.jobs())
+    with pytest.raises(ParameterError) as err:
+        submit(project, get_job_type("select"), {"auto": True},
+               {"classes_from": [optimiser]})
+    text = str(err.value)
+    assert "--min-score 0.5" in text and "score 0.00" in text and "resolution 0.00" in text
+    assert "--classes" in text
+    assert len(project.jobs()) == n_jobs  # refused before a job was made
+    assert not (project.root / "Select").exists() or not any(
+        (project.root / "Select").iterdir())
+
+
+def test_auto_keep_names_threshold_and_best_score() -> None:
+    from cryospa.jobs.select import FEATURES, auto_keep
+
+    scores = pd.DataFrame({
+        "rlnClassNumber": [1, 2, 3], "rlnGroupNrParticles": [10, 80, 10],
+        "rlnClassDistribution": [0.1, 0.8, 0.1],
+        **{f"score{f.capitalize()}": [1.0, 1.0, 1.0] for f in FEATURES},
+        "rlnClassScore": [0.2, 0.42, 0.1]})
+    scores.loc[1, "scoreEdge"] = 0.42
+    np.testing.assert_array_equal(auto_keep(scores, 0.4), [False, True, False])
+    with pytest.raises(ParameterError) as err:
+        auto_keep(scores, 0.6)
+    text = str(err.value)
+    assert "--min-score 0.6" in text and "class 2 (80 particles) with score 0.42" in text
+    assert "edge 0.42" in text and "lower --min-score to 0.42" in text
+
+
+def test_best_3d_class_is_the_largest_near_the_best_resolution() -> None:
+    from cryospa.jobs.select import best_3d_class
+
+    # class 3 is best resolved but tiny (a few particles reach a spurious resolution)
+    assert best_3d_class(np.array([300, 500, 5, 195]), np.array([8.0, 8.5, 5.0, 14.0])) == 1
+    # within 10 % of the best: the larger wins; beyond: the better resolved wins
+    assert best_3d_class(np.array([400, 600]), np.array([8.0, 8.7])) == 1
+    assert best_3d_class(np.array([400, 600]), np.array([8.0, 9.0])) == 0
+    with pytest.raises(ValueError, match="need"):
+        best_3d_class(np.array([1, 2]), np.array([3.0]))
+
+
+def _write_3d_classification(root: Path, counts: list[int], resolution: list[float]) -> str:
+    folder = root / "Fake3D"
+    folder.mkdir(parents=True)
+    k, box, apix = len(counts), 24, 5.0
+    rng = np.random.default_rng(3)
+    for i in range(k):
+        write_mrc(folder / f"run_class{i + 1:03d}.mrc",
+                  (rng.normal(size=(box, box, box)) + i).astype(np.float32),
+                  voxel_size_angstrom=apix)
+    write_star(folder / "run_model.star", {
+        "model_general": {"rlnReferenceDimensionality": 3, "rlnPixelSize": apix},
+        "model_classes": pd.DataFrame({
+            "rlnReferenceImage": [f"{i + 1:06d}" for i in range(k)],
+            "rlnClassDistribution": [c / sum(counts) for c in counts],
+            "rlnEstimatedResolution": resolution}),
+    })
+    total = sum(counts)
+    data = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@Particles/p.mrcs"
+                                          for i in range(total)],
+                         "rlnClassNumber": np.repeat(np.arange(1, k + 1), counts),
+                         "rlnAngleRot": rng.uniform(-180, 180, total),
+                         "rlnOpticsGroup": 1})
+    write_relion_star(folder / "run_data.star",
+                      RelionTable("particles", data, _optics(apix, box)))
+    return "Fake3D/run_data.star"
+
+
+def test_select_best_3d_class(project: Project) -> None:
+    data_star = _write_3d_classification(project.root, [30, 50, 4, 16], [9.0, 9.5, 6.0, 15.0])
+    record = submit(project, get_job_type("select"), {"auto": True}, {"class3d": [data_star]})
+    assert record.status == "succeeded", record.error
+    out = project.root / record.dir
+    kept = read_relion_star(out / "particles.star", "particles").data
+    assert len(kept) == 50 and set(kept["rlnClassNumber"]) == {2}
+    volume, _ = read_mrc(out / "best_class.mrc")
+    truth, _ = read_mrc(project.root / "Fake3D" / "run_class002.mrc")
+    np.testing.assert_array_equal(volume, truth)
+    assert {o.name for o in project.outputs(record.id)} == {"particles", "map"}
+    assert "map of 3D class 2" in record.summary
+    # the map is a Volume a later job takes
+    resolved = project.resolve_input(get_job_type("resize").inputs[0], record.name)
+    assert resolved.path.endswith("best_class.mrc")
+    # by number, and refusals
+    record = submit(project, get_job_type("select"), {"classes": "1,4"},
+                    {"class3d": [data_star]})
+    kept = read_relion_star(project.root / record.dir / "particles.star", "particles").data
+    assert len(kept) == 46
+    with pytest.raises(ParameterError, match="one classification"):
+        submit(project, get_job_type("select"), {"auto": True}, {})
+    with pytest.raises(ParameterError, match="last class"):
+        submit(project, get_job_type("select"), {"classes": "5"}, {"class3d": [data_star]})

@@ -36,6 +36,7 @@ SUBCOMMANDS: dict[str, str] = {
     "reproject": "reproject",
     "fsc": "fsc",
     "simulate": "simulate",
+    "demo": "demo",
 }
 
 

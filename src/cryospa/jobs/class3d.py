@@ -33,7 +33,7 @@ __all__ = ["Class3D"]
 
 @register
 class Class3D(ML3DJob):
-    """3D classification (see the module docstring)."""
+    """Multi-reference 3D classification (RELION's relion_refine 3D, K classes)."""
 
     name = "class3d"
     folder = "Class3D"

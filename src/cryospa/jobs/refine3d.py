@@ -336,7 +336,7 @@ class ML3DJob(IterativeJob):
 
 @register
 class Refine3D(ML3DJob):
-    """Gold-standard 3D auto-refine (see the module docstring)."""
+    """Gold-standard 3D auto-refine with half-sets (relion_refine --auto_refine)."""
 
     name = "refine3d"
     folder = "Refine3D"

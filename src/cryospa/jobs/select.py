@@ -1,4 +1,4 @@
-"""``cryospa select``: keep the good 2D classes, by number or automatically (``--auto``).
+"""``cryospa select``: keep good 2D classes (by number or ``--auto``) or the best 3D class.
 
 Input: a 2D classification (a ``cryospa class2d`` job, its ``run_optimiser.star`` or any
 iteration's ``run_itNNN_optimiser.star``; RELION's ``run_itNNN_optimiser.star`` works too). The
@@ -26,7 +26,19 @@ and the particles STAR file (each particle's class).
   :mod:`cryospa.core.class_features`). ``class_scores.star`` lists every feature, sub-score and
   score, so a user can see why a class was kept or rejected and adjust ``--min-score``.
 
-Outputs: ``particles.star`` (the particles of the kept classes, with their class, angle and
+  When no class reaches ``--min-score`` the job is refused before anything is written: the
+  message names the threshold, the best class's score and the features that held it down.
+
+* ``--class3d JOB --auto``: the best class of a 3D classification (a ``cryospa class3d`` job,
+  or its ``run_data.star`` / ``run_itNNN_data.star`` with the model STAR file and the class maps
+  next to it): among the classes holding at least a quarter of an equal share of the particles,
+  those whose resolution is within 10 % of the best, and of these the largest. ``--classes``
+  chooses 3D classes by number instead. Outputs: ``particles.star`` (the particles of the kept
+  classes) and ``best_class.mrc`` (the map of the largest kept class, a Volume for ``resize`` or
+  ``refine3d``), ``class_scores.star`` / ``.txt`` (per class: particles, fraction, resolution,
+  kept).
+
+Outputs (2D): ``particles.star`` (the particles of the kept classes, with their class, angle and
 origin, RELION 3.1), ``class_averages.star`` (the kept class averages, a ClassAverages set for
 ``cryospa pick template`` and ``relion_autopick --ref``: its images block comes first, as that
 program reads only a file's first block), ``class_scores.star`` (per class: particles, features,
@@ -61,7 +73,16 @@ from cryospa.project.schema import (
     register,
 )
 
-__all__ = ["ClassSet", "Select", "class_scores", "read_classification"]
+__all__ = [
+    "ClassSet",
+    "Classes3D",
+    "Select",
+    "auto_keep",
+    "best_3d_class",
+    "class_scores",
+    "read_classification",
+    "read_classification_3d",
+]
 
 _DESCRIPTION = __doc__ or ""
 
@@ -195,6 +216,39 @@ def class_scores(cs: ClassSet) -> pd.DataFrame:
     })
 
 
+def auto_keep(scores: pd.DataFrame, min_score: float) -> np.ndarray:
+    """Which classes ``--auto`` keeps (K,) bool; refuses to keep none.
+
+    Raises
+    ------
+    ParameterError
+        No class scores ``min_score`` or more: the message names the threshold, the best
+        class's score and the features that held it down, and what to change.
+
+    """
+    score = scores["rlnClassScore"].to_numpy(dtype=np.float64)
+    keep = score >= min_score
+    if keep.any():
+        return keep
+    best = int(np.argmax(score))
+    row = scores.iloc[best]
+    subs = {f: float(row[f"score{f.capitalize()}"]) for f in FEATURES}
+    weak = sorted((f for f in FEATURES if subs[f] < 1.0), key=lambda f: subs[f])
+    held = (", held down by " + ", ".join(f"{f} {subs[f]:.2f}" for f in weak)
+            if weak else "")
+    populated = int((scores["rlnClassDistribution"].to_numpy() * len(scores) >= 0.25).sum())
+    hint = (f"lower --min-score to {np.floor(100 * score[best]) / 100:.2f} or less to keep it, "
+            if score[best] > 0 else "")
+    raise ParameterError(
+        f"select --auto: no class reaches --min-score {min_score:g}: the best is class "
+        f"{int(row['rlnClassNumber'])} ({int(row['rlnGroupNrParticles'])} particles) with score "
+        f"{score[best]:.2f}{held} ({populated} of {len(scores)} classes hold a fair share of the "
+        f"particles); {hint}choose classes by number with --classes, or classify again (more "
+        "particles or iterations, fewer classes, a --particle-diameter that fits the particle); "
+        "the sub-scores are explained in `cryospa select --help`"
+    )
+
+
 def _class_choice(params: Mapping[str, Any], k: int) -> str:
     if params["auto"] == bool(params["classes"]):
         raise ParameterError("select: give either --classes (e.g. 1,3,5-7) or --auto")
@@ -207,9 +261,130 @@ def _class_choice(params: Mapping[str, Any], k: int) -> str:
     return "auto" if params["auto"] else "classes"
 
 
+# --------------------------------------------------------------------------------------
+# 3D classifications
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Classes3D:
+    """A 3D classification read back: its particles, classes and class maps."""
+
+    data_path: Path
+    particles: RelionTable
+    resolution_angstrom: np.ndarray  # (K,) from the model STAR file
+    maps: list[Path]  # (K,) run[_itNNN]_classNNN.mrc
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes K."""
+        return len(self.maps)
+
+    def counts(self) -> np.ndarray:
+        """Particles per class (K,)."""
+        numbers = self.particles.data["rlnClassNumber"].to_numpy(dtype=np.int64)
+        return np.bincount(numbers - 1, minlength=self.n_classes)[: self.n_classes]
+
+
+def read_classification_3d(data_star: Path) -> Classes3D:
+    """Read a 3D classification from its particles STAR file (``run[_itNNN]_data.star``).
+
+    The model STAR file (``run[_itNNN]_model.star``) and the class maps
+    (``run[_itNNN]_classNNN.mrc``) must be next to it, as ``cryospa class3d`` and RELION write
+    them.
+    """
+    name = data_star.name
+    if not name.endswith("_data.star"):
+        raise InputFileError(data_star, "not the particles of a 3D classification (expected "
+                             "run_data.star or run_itNNN_data.star)",
+                             "give a class3d job or its run_data.star")
+    stem = data_star.parent / name[: -len("_data.star")]
+    model_path = Path(f"{stem}_model.star")
+    if not model_path.is_file():
+        raise InputFileError(model_path, "the model STAR file of the 3D classification is "
+                             "missing", f"keep it next to {name}")
+    blocks = read_star(model_path)
+    general, classes = blocks.get("model_general"), blocks.get("model_classes")
+    if general is None or classes is None or "rlnEstimatedResolution" not in classes.columns:
+        raise InputFileError(model_path, "no data_model_general / data_model_classes tables "
+                             "with rlnEstimatedResolution", "give a class3d job")
+    if int(general.iloc[0].get("rlnReferenceDimensionality", 3)) != 3:
+        raise InputFileError(model_path, "this is a 2D classification",
+                             "give it with --classes-from instead of --class3d")
+    particles = read_relion_star(data_star, "particles")
+    if "rlnClassNumber" not in particles.data.columns:
+        raise InputFileError(data_star, "the particles have no rlnClassNumber column",
+                             "give the data STAR file of a 3D classification")
+    k = len(classes)
+    maps = [Path(f"{stem}_class{i:03d}.mrc") for i in range(1, k + 1)]
+    missing = [m.name for m in maps if not m.is_file()]
+    if missing:
+        raise InputFileError(data_star.parent, f"class map(s) {', '.join(missing)} missing",
+                             "give a complete 3D classification")
+    return Classes3D(data_star, particles,
+                     classes["rlnEstimatedResolution"].to_numpy(dtype=np.float64), maps)
+
+
+def best_3d_class(counts: np.ndarray, resolution_angstrom: np.ndarray) -> int:
+    """Index of the best 3D class: the largest of those within 10 % of the best resolution.
+
+    Only classes holding at least a quarter of an equal share of the particles compete (all of
+    them if none does).
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        (K,) particles per class.
+    resolution_angstrom : numpy.ndarray
+        (K,) each class's estimated resolution, Å (999: none).
+
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    res = np.asarray(resolution_angstrom, dtype=np.float64)
+    if counts.shape != res.shape or counts.ndim != 1 or counts.size == 0:
+        raise ValueError(f"counts {counts.shape} and resolutions {res.shape}: need (K,) each")
+    share = counts / max(1.0, counts.sum()) * counts.size
+    populated = share >= 0.25
+    if not populated.any():
+        populated = counts > 0
+    if not populated.any():
+        populated = np.ones_like(populated)
+    best = float(res[populated].min())
+    candidates = populated & (res <= 1.1 * best)
+    return int(np.flatnonzero(candidates)[np.argmax(counts[candidates])])
+
+
+def _scores_3d(cs: Classes3D, keep: np.ndarray) -> pd.DataFrame:
+    counts = cs.counts()
+    return pd.DataFrame({
+        "rlnClassNumber": np.arange(1, cs.n_classes + 1),
+        "rlnGroupNrParticles": counts.astype(np.int64),
+        "rlnClassDistribution": counts / max(1, int(counts.sum())),
+        "rlnEstimatedResolution": cs.resolution_angstrom,
+        "rlnSelected": keep.astype(np.int64),
+    })
+
+
+def _score_text_3d(scores: pd.DataFrame, mapped: int) -> str:
+    lines = ["class  particles  fraction  resolution  kept"]
+    for _, r in scores.iterrows():
+        k = int(r["rlnClassNumber"])
+        lines.append(f"{k:5d}  {int(r['rlnGroupNrParticles']):9d}  "
+                     f"{float(r['rlnClassDistribution']):8.3f}  "
+                     f"{float(r['rlnEstimatedResolution']):10.2f}  "
+                     f"{'yes' if r['rlnSelected'] else 'no'}"
+                     + ("  (best_class.mrc)" if k == mapped else ""))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------
+
+
 @register
 class Select(PerItemJob):
-    """Keep 2D classes by number or by automatic ranking (see the module docstring)."""
+    """Keep 2D or 3D classes by number or by automatic ranking (see the module docstring)."""
 
     name = "select"
     folder = "Select"
@@ -217,15 +392,20 @@ class Select(PerItemJob):
     description = _DESCRIPTION
     streamable = False
     inputs = (
-        Input("classes_from", (NodeType.OPTIMISER,),
+        Input("classes_from", (NodeType.OPTIMISER,), required=False,
               help="a 2D classification: a class2d job, or its (iteration's) optimiser STAR "
               "file", relion="fn_model"),
+        Input("class3d", (NodeType.PARTICLES,), required=False,
+              help="a 3D classification instead: a class3d job, or its run_data.star (the "
+              "model STAR file and class maps next to it)", relion="fn_data"),
     )
     params = (
         Param("classes", str, "", kind="text", metavar="NUMBERS", multiple=True,
               help="class numbers to keep, e.g. 1,4,7-9 or 1 4 7-9 (as in the class2d gallery)"),
         Param("auto", bool, False, help="rank the classes automatically by interpretable "
-              "features and keep those scoring at least --min-score", relion="do_class_ranker"),
+              "features and keep those scoring at least --min-score (3D: keep the best class, "
+              "the largest of those within 10 % of the best resolution)",
+              relion="do_class_ranker"),
         Param("min_score", float, 0.5, range=(0, 1), metavar="SCORE",
               help="with --auto: keep classes whose score (product of the feature sub-scores, "
               "0 to 1) is at least this", relion="rank_threshold"),
@@ -233,8 +413,25 @@ class Select(PerItemJob):
     outputs = (
         Output("particles", NodeType.PARTICLES, "particles.star"),
         Output("class_averages", NodeType.CLASS_AVERAGES, "class_averages.star"),
+        Output("map", NodeType.VOLUME, "best_class.mrc"),
     )
     citations = ("Scheres (2012) J. Mol. Biol. 415:406-418 (RELION; 2D class selection)",)
+
+    def output_types(
+        self, inputs: Mapping[str, list[ResolvedInput]]
+    ) -> list[tuple[str, NodeType, str]]:
+        """2D: particles and class averages; 3D: particles and the best class's map."""
+        outs = super().output_types(inputs)
+        drop = "class_averages" if inputs.get("class3d") else "map"
+        return [o for o in outs if o[0] != drop]
+
+    @staticmethod
+    def _which(inputs: Mapping[str, list[ResolvedInput]]) -> str:
+        given = [n for n in ("classes_from", "class3d") if inputs.get(n)]
+        if len(given) != 1:
+            raise ParameterError("select: give one classification: --classes-from (2D: a "
+                                 "class2d job) or --class3d (a class3d job)")
+        return given[0]
 
     def check(
         self,
@@ -243,9 +440,14 @@ class Select(PerItemJob):
         project_dir: Path,
         run: RunOptions,
     ) -> None:
-        """The classification must be readable; the class numbers must exist."""
+        """One readable classification; existing class numbers; --auto must keep something."""
+        if self._which(inputs) == "class3d":
+            cs3 = read_classification_3d(project_dir / inputs["class3d"][0].path)
+            _class_choice(params, cs3.n_classes)
+            return
         cs = read_classification(project_dir / inputs["classes_from"][0].path, project_dir)
-        _class_choice(params, cs.n_classes)
+        if _class_choice(params, cs.n_classes) == "auto":
+            auto_keep(class_scores(cs), float(params["min_score"]))
 
     def list_items(self, ctx: JobContext) -> list[str]:
         """One item."""
@@ -253,11 +455,13 @@ class Select(PerItemJob):
 
     def process_item(self, ctx: JobContext, key: str) -> dict[str, Any]:
         """Score, select, write."""
+        if self._which(ctx.inputs) == "class3d":
+            return self._select_3d(ctx)
         cs = read_classification(ctx.abs(ctx.input("classes_from").path), ctx.project_dir)
         k = cs.n_classes
         scores = class_scores(cs)
         if _class_choice(ctx.params, k) == "auto":
-            keep = scores["rlnClassScore"].to_numpy() >= float(ctx.params["min_score"])
+            keep = auto_keep(scores, float(ctx.params["min_score"]))
         else:
             keep = np.zeros(k, dtype=bool)
             keep[parse_rows(ctx.params["classes"], k)] = True
@@ -308,11 +512,50 @@ class Select(PerItemJob):
         return {"classes": [int(c) for c in chosen], "n_classes": k, "kept": len(data),
                 "of": len(table.data), "mode": "auto" if ctx.params["auto"] else "classes"}
 
+    def _select_3d(self, ctx: JobContext) -> dict[str, Any]:
+        cs = read_classification_3d(ctx.abs(ctx.input("class3d").path))
+        k = cs.n_classes
+        counts = cs.counts()
+        keep = np.zeros(k, dtype=bool)
+        if _class_choice(ctx.params, k) == "auto":
+            keep[best_3d_class(counts, cs.resolution_angstrom)] = True
+        else:
+            keep[parse_rows(ctx.params["classes"], k)] = True
+        kept = np.flatnonzero(keep)
+        mapped = int(kept[np.argmax(counts[kept])])
+        chosen = kept + 1
+        table = cs.particles
+        data = table.data[table.data["rlnClassNumber"].isin(chosen)].reset_index(drop=True)
+        if data.empty:
+            raise ParameterError(f"select: class(es) {', '.join(map(str, chosen))} of "
+                                 f"{cs.data_path.name} hold no particles: choose others with "
+                                 "--classes")
+        used = set(data["rlnOpticsGroup"].tolist())
+        optics = table.optics[table.optics["rlnOpticsGroup"].isin(used)].reset_index(drop=True)
+        write_relion_star(ctx.path("particles.star"), RelionTable("particles", data, optics))
+        volume, header = read_mrc(cs.maps[mapped])
+        from cryospa.io.mrc import write_mrc
+
+        write_mrc(ctx.path("best_class.mrc"), volume,
+                  voxel_size_angstrom=header.voxel_size_angstrom)
+        scores = _scores_3d(cs, keep)
+        write_star(ctx.path("class_scores.star"), {"class_scores": scores})
+        text = _score_text_3d(scores, mapped + 1)
+        write_text_atomic(ctx.path("class_scores.txt"), text)
+        ctx.log(text.rstrip())
+        return {"classes": [int(c) for c in chosen], "n_classes": k, "kept": len(data),
+                "of": len(table.data), "mode": "auto" if ctx.params["auto"] else "classes",
+                "map_class": mapped + 1,
+                "resolution": float(cs.resolution_angstrom[mapped])}
+
     def summary(self, ctx: JobContext, results: list[tuple[str, dict[str, Any]]]) -> str:
         """``kept 8 of 20 classes (auto): 4210 of 5000 particles``."""
         r = results[0][1]
-        return (f"kept {len(r['classes'])} of {r['n_classes']} classes ({r['mode']}): "
+        line = (f"kept {len(r['classes'])} of {r['n_classes']} classes ({r['mode']}): "
                 f"{r['kept']} of {r['of']} particles")
+        if "map_class" in r:
+            line += f"; map of 3D class {r['map_class']} ({r['resolution']:.1f} Å)"
+        return line
 
 
 def _score_text(scores: pd.DataFrame) -> str:
