@@ -38,7 +38,7 @@ import torch
 
 from cryospa.compute.device import resolve_device, set_threads
 from cryospa.core.rotations import euler_to_matrix, matrix_to_euler
-from cryospa.core.symmetry import symmetry_operators, symmetry_order
+from cryospa.core.symmetry import symmetry_order
 from cryospa.core.symmetry_axes import SymmetryAlignment, align_to_symmetry_axes
 from cryospa.engine.em3d import Model3D, Particles3D
 from cryospa.engine.initial3d import (
@@ -52,11 +52,14 @@ from cryospa.engine.model import load_checkpoint, save_checkpoint
 from cryospa.errors import ParameterError
 from cryospa.io._files import atomic_output
 from cryospa.io.mrc import write_mrc
-from cryospa.io.star import read_relion_star, require_columns, write_relion_star, write_star
-from cryospa.jobs.class2d import StarParticles, particle_source, project_file
-from cryospa.jobs.import_particles import resolve_stacks
-from cryospa.jobs.particles import CTF_COLUMNS, OPTICS_CTF_COLUMNS, load_particles
-from cryospa.jobs.refine3d import data_table_3d, model_blocks_3d
+from cryospa.io.star import write_relion_star, write_star
+from cryospa.jobs.class2d import StarParticles, particle_source
+from cryospa.jobs.refine3d import (
+    check_particles_3d,
+    check_sizes_3d,
+    data_table_3d,
+    model_blocks_3d,
+)
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
     DEVICE_PARAM,
@@ -189,30 +192,9 @@ class InitialModel(IterativeJob):
     ) -> None:
         """Symmetry known, stacks exist, CTF columns, diameter and offsets fit, enough data."""
         who = self.name
-        resolve_device(str(params["device"]))
-        try:
-            symmetry_operators(str(params["symmetry"]))
-        except ValueError as err:
-            raise ParameterError(
-                f"{who}: --symmetry {params['symmetry']!r} is not a point group ({err}); use "
-                "C1, Cn, Dn, T, O or I (RELION's names)") from None
-        path = project_file(project_dir, inputs["particles"][0].path)
-        table = read_relion_star(path, "particles")
-        resolve_stacks(table, path, project_dir)
-        particles = load_particles(path)
+        path, particles = check_particles_3d(who, params, inputs, project_dir)
         n, apix = particles.box_size, particles.pixel_size_angstrom
-        if params["ctf"]:
-            require_columns(particles.rows, CTF_COLUMNS + OPTICS_CTF_COLUMNS, path=path,
-                            table="particles (for --ctf; or give --no-ctf)")
-        box_a = n * apix
-        diameter = float(params["particle_diameter"])
-        if diameter > box_a:
-            raise ParameterError(
-                f"{who}: --particle-diameter {diameter:g} Å is larger than the box ({n} px x "
-                f"{apix:g} Å = {box_a:g} Å): give a smaller diameter")
-        if float(params["offset_range"]) >= n / 2:
-            raise ParameterError(f"{who}: --offset-range {float(params['offset_range']):g} px "
-                                 f"reaches the edge of the {n} px box: use less than half")
+        check_sizes_3d(who, params, n, apix)
         if float(params["ini_high"]) < 2 * apix:
             raise ParameterError(
                 f"{who}: --ini-high {float(params['ini_high']):g} Å is beyond Nyquist "

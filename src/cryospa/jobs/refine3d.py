@@ -56,7 +56,7 @@ from cryospa.io.star import (
 from cryospa.jobs._maps import check_mask_values, load_map, map_info, same_pixel_size
 from cryospa.jobs.class2d import StarParticles, particle_source, project_file
 from cryospa.jobs.import_particles import resolve_stacks
-from cryospa.jobs.particles import CTF_COLUMNS, OPTICS_CTF_COLUMNS, load_particles
+from cryospa.jobs.particles import CTF_COLUMNS, OPTICS_CTF_COLUMNS, ParticleSet, load_particles
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
     DEVICE_PARAM,
@@ -70,7 +70,7 @@ from cryospa.project.schema import (
     register,
 )
 
-__all__ = ["ML3DJob", "Refine3D", "data_table_3d"]
+__all__ = ["ML3DJob", "Refine3D", "check_particles_3d", "check_sizes_3d", "data_table_3d"]
 
 
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
@@ -117,6 +117,44 @@ def common_params(*, tau2: float, ini_high: float, order_help: str) -> tuple[Par
     )
 
 
+
+def check_particles_3d(
+    who: str, params: Mapping[str, Any], inputs: Mapping[str, list[ResolvedInput]],
+    project_dir: Path,
+) -> tuple[Path, ParticleSet]:
+    """Checks shared by the 3D jobs: device, point group, stacks, CTF columns.
+
+    Returns the particles STAR file and its particles.
+    """
+    resolve_device(str(params["device"]))
+    try:
+        symmetry_operators(str(params["symmetry"]))
+    except ValueError as err:
+        raise ParameterError(
+            f"{who}: --symmetry {params['symmetry']!r} is not a point group ({err}); use "
+            "C1, Cn, Dn, T, O or I (RELION's names)") from None
+    path = project_file(project_dir, inputs["particles"][0].path)
+    table = read_relion_star(path, "particles")
+    resolve_stacks(table, path, project_dir)
+    particles = load_particles(path)
+    if params["ctf"]:
+        require_columns(particles.rows, CTF_COLUMNS + OPTICS_CTF_COLUMNS, path=path,
+                        table="particles (for --ctf; or give --no-ctf)")
+    return path, particles
+
+
+def check_sizes_3d(who: str, params: Mapping[str, Any], n: int, apix: float) -> None:
+    """The particle diameter fits the box and the offset search stays inside it."""
+    box_a = n * apix
+    if float(params["particle_diameter"]) > box_a:
+        raise ParameterError(
+            f"{who}: --particle-diameter {float(params['particle_diameter']):g} Å is larger "
+            f"than the box ({n} px x {apix:g} Å = {box_a:g} Å): give a smaller diameter")
+    if float(params["offset_range"]) >= n / 2:
+        raise ParameterError(f"{who}: --offset-range {float(params['offset_range']):g} px "
+                             f"reaches the edge of the {n} px box: use less than half")
+
+
 class ML3DJob(IterativeJob):
     """What refine3d and class3d share: inputs, checks, the iteration loop, files."""
 
@@ -136,21 +174,8 @@ class ML3DJob(IterativeJob):
     ) -> None:
         """Particles, reference and mask agree; symmetry known; mask in [0, 1]; sizes fit."""
         who = self.name
-        resolve_device(str(params["device"]))
-        try:
-            symmetry_operators(str(params["symmetry"]))
-        except ValueError as err:
-            raise ParameterError(
-                f"{who}: --symmetry {params['symmetry']!r} is not a point group ({err}); use "
-                "C1, Cn, Dn, T, O or I (RELION's names)") from None
-        path = project_file(project_dir, inputs["particles"][0].path)
-        table = read_relion_star(path, "particles")
-        resolve_stacks(table, path, project_dir)
-        particles = load_particles(path)
+        path, particles = check_particles_3d(who, params, inputs, project_dir)
         n, apix = particles.box_size, particles.pixel_size_angstrom
-        if params["ctf"]:
-            require_columns(particles.rows, CTF_COLUMNS + OPTICS_CTF_COLUMNS, path=path,
-                            table="particles (for --ctf)")
         ref = map_info(project_file(project_dir, inputs["reference"][0].path), what="reference map")
         if ref.box != n or not same_pixel_size(ref.pixel_size_angstrom, apix):
             raise InputFileError(
@@ -167,14 +192,7 @@ class ML3DJob(IterativeJob):
                                      "make the mask from a map of the particles' box "
                                      "(cryospa resize, then cryospa mask)")
             check_mask_values(mask, mpath)
-        box_a = n * apix
-        if float(params["particle_diameter"]) > box_a:
-            raise ParameterError(
-                f"{who}: --particle-diameter {float(params['particle_diameter']):g} Å is larger "
-                f"than the box ({n} px x {apix:g} Å = {box_a:g} Å): give a smaller diameter")
-        if float(params["offset_range"]) >= n / 2:
-            raise ParameterError(f"{who}: --offset-range {float(params['offset_range']):g} px "
-                                 f"reaches the edge of the {n} px box: use less than half")
+        check_sizes_3d(who, params, n, apix)
         if float(params.get("local_searches", 0.0)) > 0:
             require_columns(particles.rows, list(_ANGLES), path=path,
                             table="particles (for --local-searches)")
