@@ -77,6 +77,10 @@ __all__ = [
     "Model3D",
     "Particles3D",
     "Refine3DOptions",
+    "batch_size_3d",
+    "copy_state_3d",
+    "empty_statistics_3d",
+    "expectation_pass_3d",
     "initialise_3d",
     "iterate_3d",
     "update_schedule",
@@ -408,6 +412,120 @@ def _coarse_shell(model: Model3D, options: Refine3DOptions) -> int:
                                                         / res)))
 
 
+
+def empty_statistics_3d(k_classes: int, n: int, n_groups: int, subset: FourierSubset,
+                        device: torch.device, *, split: bool = False) -> Statistics3D:
+    """Zeroed E-step sums for ``k_classes`` classes (``split``: a second accumulator set)."""
+    f64 = torch.float64
+    return Statistics3D(
+        backprojectors=[make_backprojector(n, device=device) for _ in range(k_classes)],
+        residual=torch.zeros((n_groups, subset.size), dtype=f64, device=device),
+        power=torch.zeros((n_groups, n // 2 + 1), dtype=f64, device=device),
+        count=torch.zeros(n_groups, dtype=f64, device=device),
+        class_mass=torch.zeros(k_classes, dtype=f64, device=device),
+        offset_sq_px2=torch.zeros((), dtype=f64, device=device),
+        log_likelihood=torch.zeros((), dtype=f64, device=device),
+        pmax_sum=torch.zeros((), dtype=f64, device=device),
+        angular_spread=torch.zeros((), dtype=f64, device=device),
+        split_backprojectors=[make_backprojector(n, device=device)
+                              for _ in range(k_classes)] if split else None,
+    )
+
+
+def copy_state_3d(state: Particles3D) -> Particles3D:
+    """A copy whose per-particle tensors can be written without touching ``state``."""
+    return replace(state, euler_degrees=state.euler_degrees.clone(),
+                   offsets_px=state.offsets_px.clone(), class_index=state.class_index.clone(),
+                   max_probability=state.max_probability.clone(),
+                   significant_samples=state.significant_samples.clone(),
+                   log_likelihood=state.log_likelihood.clone(),
+                   angular_spread=state.angular_spread.clone())
+
+
+def batch_size_3d(translations: Translations, sampling: OrientationSampling, k_classes: int,
+                  options: Refine3DOptions) -> int:
+    """Particles per E-step batch within ``options.memory_mb`` for the coarse scores."""
+    budget = int(options.memory_mb * 2**20 / 8)
+    per_particle = translations.coarse.shape[0] * sampling.n_coarse * k_classes * 3
+    return int(max(8, min(512, budget // max(1, per_particle))))
+
+
+def expectation_pass_3d(
+    model: Model3D,
+    state: Particles3D,
+    new: Particles3D,
+    source: ParticleSource,
+    options: Refine3DOptions,
+    *,
+    members: torch.Tensor,
+    projectors: list[Any],
+    coarse: ReferenceSlices | None,
+    stats: Statistics3D,
+    sampling: OrientationSampling,
+    translations: Translations,
+    subset: FourierSubset,
+    full: FourierSubset,
+    coarse_index: torch.Tensor | None,
+    log_pi: torch.Tensor,
+    batch: int,
+    device: torch.device,
+    symmetry_ops: torch.Tensor | None = None,
+    half: int = 0,
+    k0: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """E-step of the particles ``members`` against ``projectors`` (classes ``k0``, ...).
+
+    Sums go into ``stats`` (every other batch into its ``split_backprojectors`` when set);
+    each particle's best pose, class and posterior figures into ``new`` (from ``state``).
+    """
+    n, apix = model.box_size, model.pixel_size_angstrom
+    mask2 = particle_mask_2d(n, options, apix, device)
+    sigma2 = model.sigma2.to(device)
+    mult = subset.multiplicity.to(device, torch.float64)
+    sig_m = sigma2[:, subset.shell]
+    c = (mult / (2.0 * sig_m)).to(torch.float32)
+    log_norm = (-(mult / 2.0) * torch.log(math.pi * sig_m)).sum(1).tolist()
+    sigma_px = model.sigma_offset_angstrom / apix
+    budget = int(options.memory_mb * 2**20 / 8)
+    size = batch
+    if stats.split_backprojectors is not None:  # about 8 batches: two balanced parts
+        size = max(8, min(batch, math.ceil(members.numel() / 8)))
+    for number, (g, idx) in enumerate(group_batches(source.optics_groups(), size, members)):
+        target = stats
+        if stats.split_backprojectors is not None and number % 2 == 1:
+            target = replace(stats, backprojectors=stats.split_backprojectors)
+        images, ctf = source.load(idx, device, ctf=options.ctf)
+        generator = None
+        if not options.zero_mask:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(options.seed) * 1_000_003 + model.iteration * 7919
+                                  + 104_729 * half + 7 * k0 + number)
+        prepared = prepare_batch(
+            idx.to(device), g, images, ctf, state.offsets_px[idx].to(device),
+            subset=subset, full=full, mask=mask2,
+            noise_sigma2=None if options.zero_mask else sigma2[g], generator=generator)
+        terms = BatchTerms.make(prepared, c[g])
+        base = euler_to_matrix(state.euler_degrees[idx]).to(device, torch.float32) \
+            if sampling.local else None
+        result = expectation_3d(
+            prepared, terms, projectors=projectors, sampling=sampling, coarse=coarse,
+            coarse_index=coarse_index, translations=translations, subset=subset,
+            base_rotations=base, log_pi=log_pi, sigma_offset_px=sigma_px,
+            log_norm=float(log_norm[g]), adaptive_fraction=options.adaptive_fraction,
+            stats=target, slice_budget=budget, symmetry_ops=symmetry_ops)
+        new.euler_degrees[idx] = matrix_to_euler(result.rotation.to(torch.float64)).cpu()
+        new.offsets_px[idx] = (state.offsets_px[idx].to(device)
+                               + result.shift_px.to(torch.float64)).cpu()
+        new.class_index[idx] = result.class_index.cpu() + k0
+        new.max_probability[idx] = result.max_probability.cpu()
+        new.significant_samples[idx] = result.significant.cpu()
+        new.log_likelihood[idx] = result.log_likelihood.cpu()
+        new.angular_spread[idx] = result.angular_spread.cpu()
+        if progress is not None:
+            progress(int(idx.numel()))
+
+
 def iterate_3d(
     model: Model3D,
     state: Particles3D,
@@ -429,7 +547,6 @@ def iterate_3d(
     shell = n // 2 if model.final else model.current_shell
     subset = FourierSubset.within(n, shell, device=device)
     full = FourierSubset.within(n, n // 2, min_shell=0, device=device)
-    mask2 = particle_mask_2d(n, options, apix, device)
     mask3 = reference_mask(n, options, apix, device)
     c_shell = n // 2 if model.final else _coarse_shell(model, options)
     coarse_index = (torch.nonzero(subset.shell <= c_shell).flatten()
@@ -442,67 +559,13 @@ def iterate_3d(
     translations = Translations.make(
         translation_grid(model.offset_range_px, model.offset_step_px), model.offset_step_px,
         subset, coarse_index)
-    sigma2 = model.sigma2.to(device)
-    mult = subset.multiplicity.to(device, torch.float64)
-    sig_m = sigma2[:, subset.shell]
-    c = (mult / (2.0 * sig_m)).to(torch.float32)
-    log_norm = (-(mult / 2.0) * torch.log(math.pi * sig_m)).sum(1).tolist()
     log_pi = torch.log(model.class_fractions.to(device, torch.float32).clamp(min=1e-30))
-    sigma_px = model.sigma_offset_angstrom / apix
-    groups = source.optics_groups()
-    n_groups = sigma2.shape[0]
-    budget = int(options.memory_mb * 2**20 / 8)
+    n_groups = model.sigma2.shape[0]
     sym_ops = symmetry_operators(options.symmetry)
     sym_ops = sym_ops[torch.linalg.det(sym_ops) > 0].to(device, torch.float32)
-    new = replace(state, euler_degrees=state.euler_degrees.clone(),
-                  offsets_px=state.offsets_px.clone(), class_index=state.class_index.clone(),
-                  max_probability=state.max_probability.clone(),
-                  significant_samples=state.significant_samples.clone(),
-                  log_likelihood=state.log_likelihood.clone(),
-                  angular_spread=state.angular_spread.clone())
+    new = copy_state_3d(state)
     all_stats: list[Statistics3D] = []
-    per_particle = translations.coarse.shape[0] * sampling.n_coarse * k_classes * 3
-    batch = int(max(8, min(512, budget // max(1, per_particle))))
-
-    def _estep_members(h: int, members_j: torch.Tensor, projectors_j: list[Any],
-                       stats_j: Statistics3D, coarse_j: ReferenceSlices | None,
-                       log_pi_j: torch.Tensor, k0: int) -> None:
-        size = batch
-        if stats_j.split_backprojectors is not None:  # about 8 batches: two balanced parts
-            size = max(8, min(batch, math.ceil(members_j.numel() / 8)))
-        for number, (g, idx) in enumerate(group_batches(groups, size, members_j)):
-            target = stats_j
-            if stats_j.split_backprojectors is not None and number % 2 == 1:
-                target = replace(stats_j, backprojectors=stats_j.split_backprojectors)
-            images, ctf = source.load(idx, device, ctf=options.ctf)
-            generator = None
-            if not options.zero_mask:
-                generator = torch.Generator(device=device)
-                generator.manual_seed(int(options.seed) * 1_000_003 + model.iteration * 7919
-                                      + 104_729 * h + 7 * k0 + number)
-            prepared = prepare_batch(
-                idx.to(device), g, images, ctf, state.offsets_px[idx].to(device),
-                subset=subset, full=full, mask=mask2,
-                noise_sigma2=None if options.zero_mask else sigma2[g], generator=generator)
-            terms = BatchTerms.make(prepared, c[g])
-            base = euler_to_matrix(state.euler_degrees[idx]).to(device, torch.float32) \
-                if sampling.local else None
-            result = expectation_3d(
-                prepared, terms, projectors=projectors_j, sampling=sampling, coarse=coarse_j,
-                coarse_index=coarse_index, translations=translations, subset=subset,
-                base_rotations=base, log_pi=log_pi_j, sigma_offset_px=sigma_px,
-                log_norm=float(log_norm[g]), adaptive_fraction=options.adaptive_fraction,
-                stats=target, slice_budget=budget, symmetry_ops=sym_ops)
-            new.euler_degrees[idx] = matrix_to_euler(result.rotation.to(torch.float64)).cpu()
-            new.offsets_px[idx] = (state.offsets_px[idx].to(device)
-                                   + result.shift_px.to(torch.float64)).cpu()
-            new.class_index[idx] = result.class_index.cpu() + k0
-            new.max_probability[idx] = result.max_probability.cpu()
-            new.significant_samples[idx] = result.significant.cpu()
-            new.log_likelihood[idx] = result.log_likelihood.cpu()
-            new.angular_spread[idx] = result.angular_spread.cpu()
-            if progress is not None:
-                progress(int(idx.numel()))
+    batch = batch_size_3d(translations, sampling, k_classes, options)
 
     for h in range(halves):
         members = torch.nonzero(state.half == h).flatten()
@@ -513,19 +576,8 @@ def iterate_3d(
             freq = freq_px(subset)
             coarse = coarse_slices(projectors, sampling,
                                    freq if coarse_index is None else freq[coarse_index])
-        stats = Statistics3D(
-            backprojectors=[make_backprojector(n, device=device) for _ in range(k_classes)],
-            residual=torch.zeros((n_groups, subset.size), dtype=torch.float64, device=device),
-            power=torch.zeros((n_groups, n // 2 + 1), dtype=torch.float64, device=device),
-            count=torch.zeros(n_groups, dtype=torch.float64, device=device),
-            class_mass=torch.zeros(k_classes, dtype=torch.float64, device=device),
-            offset_sq_px2=torch.zeros((), dtype=torch.float64, device=device),
-            log_likelihood=torch.zeros((), dtype=torch.float64, device=device),
-            pmax_sum=torch.zeros((), dtype=torch.float64, device=device),
-            angular_spread=torch.zeros((), dtype=torch.float64, device=device),
-            split_backprojectors=None if options.gold_standard else [
-                make_backprojector(n, device=device) for _ in range(k_classes)],
-        )
+        stats = empty_statistics_3d(k_classes, n, n_groups, subset, device,
+                                    split=not options.gold_standard)
         if seed_classes:
             runs = [(torch.nonzero(state.class_index[members] == k).flatten(), k)
                     for k in range(k_classes)]
@@ -541,7 +593,12 @@ def iterate_3d(
                     values=coarse.values[k0 * p_c:(k0 + 1) * p_c],
                     power=coarse.power[k0 * p_c:(k0 + 1) * p_c], n_classes=1, n_psi=p_c)
             log_pi_j = log_pi[k0:k0 + 1] if seed_classes else log_pi
-            _estep_members(h, members_j, projectors_j, stats_j, coarse_j, log_pi_j, k0)
+            expectation_pass_3d(
+                model, state, new, source, options, members=members_j, projectors=projectors_j,
+                coarse=coarse_j, stats=stats_j, sampling=sampling, translations=translations,
+                subset=subset, full=full, coarse_index=coarse_index, log_pi=log_pi_j,
+                batch=batch, device=device, symmetry_ops=sym_ops, half=h, k0=k0,
+                progress=progress)
         all_stats.append(stats)
         del coarse, projectors
     new_model, info = maximise_3d(model, all_stats, subset, full, options, device=device)

@@ -40,7 +40,7 @@ import torch
 from cryospa.core.backprojection import BackProjector, make_backprojector, reconstruct
 from cryospa.core.filters import lowpass
 from cryospa.core.projection import make_projector
-from cryospa.core.rotations import matrix_to_euler, random_rotations
+from cryospa.core.rotations import random_rotations
 from cryospa.engine.coefficients import FourierSubset
 from cryospa.engine.data import ParticleSource, prepare_batch
 from cryospa.engine.em2d import group_batches
@@ -49,6 +49,10 @@ from cryospa.engine.em3d import (
     Particles3D,
     Refine3DOptions,
     _noise_and_scale,
+    batch_size_3d,
+    copy_state_3d,
+    empty_statistics_3d,
+    expectation_pass_3d,
     particle_mask_2d,
     reference_mask,
     shell_mean_weight,
@@ -60,7 +64,6 @@ from cryospa.engine.estep3d import (
     Translations,
     _insert,
     coarse_slices,
-    expectation_3d,
     freq_px,
 )
 from cryospa.engine.minibatch import MinibatchSchedule
@@ -199,22 +202,6 @@ class RunningSums3D:
                    box_size=box_size, padded_size=bp.padded_size)
 
 
-def _empty_statistics(k: int, n: int, n_groups: int, subset: FourierSubset,
-                      device: torch.device) -> Statistics3D:
-    f64 = torch.float64
-    return Statistics3D(
-        backprojectors=[make_backprojector(n, device=device) for _ in range(k)],
-        residual=torch.zeros((n_groups, subset.size), dtype=f64, device=device),
-        power=torch.zeros((n_groups, n // 2 + 1), dtype=f64, device=device),
-        count=torch.zeros(n_groups, dtype=f64, device=device),
-        class_mass=torch.zeros(k, dtype=f64, device=device),
-        offset_sq_px2=torch.zeros((), dtype=f64, device=device),
-        log_likelihood=torch.zeros((), dtype=f64, device=device),
-        pmax_sum=torch.zeros((), dtype=f64, device=device),
-        angular_spread=torch.zeros((), dtype=f64, device=device),
-    )
-
-
 def _shell_of(resolution_angstrom: float, n: int, apix: float) -> int:
     return int(min(n // 2, max(2, round(n * apix / resolution_angstrom))))
 
@@ -329,54 +316,23 @@ def minibatch_step_3d(
     shell = max(2, min(model.current_shell, cap))
     subset = FourierSubset.within(n, shell, device=device)
     full = FourierSubset.within(n, n // 2, min_shell=0, device=device)
-    mask2 = particle_mask_2d(n, eng, apix, device)
     mask3 = reference_mask(n, eng, apix, device)
     sampling = OrientationSampling.global_grid(model.healpix_order, "C1")
     translations = Translations.make(
         translation_grid(model.offset_range_px, model.offset_step_px), model.offset_step_px,
         subset, None)
-    sigma2 = model.sigma2.to(device)
-    mult = subset.multiplicity.to(device, torch.float64)
-    sig_m = sigma2[:, subset.shell]
-    c = (mult / (2.0 * sig_m)).to(torch.float32)
-    log_norm = (-(mult / 2.0) * torch.log(math.pi * sig_m)).sum(1).tolist()
     log_pi = torch.log(model.class_fractions.to(device, torch.float32).clamp(min=1e-30))
-    groups = source.optics_groups()
-    n_groups = sigma2.shape[0]
-    budget = int(options.memory_mb * 2**20 / 8)
-    per_particle = translations.coarse.shape[0] * sampling.n_coarse * k_classes * 3
-    batch = int(max(8, min(512, budget // max(1, per_particle))))
+    batch = batch_size_3d(translations, sampling, k_classes, eng)
     refs = model.references[0].to(device) * mask3
     projectors = [make_projector(refs[k]) for k in range(k_classes)]
     coarse = coarse_slices(projectors, sampling, freq_px(subset))
-    stats = _empty_statistics(k_classes, n, n_groups, subset, device)
-    new = replace(state, euler_degrees=state.euler_degrees.clone(),
-                  offsets_px=state.offsets_px.clone(), class_index=state.class_index.clone(),
-                  max_probability=state.max_probability.clone(),
-                  significant_samples=state.significant_samples.clone(),
-                  log_likelihood=state.log_likelihood.clone(),
-                  angular_spread=state.angular_spread.clone())
-    for g, idx in group_batches(groups, batch, particles):
-        images, ctf = source.load(idx, device, ctf=options.ctf)
-        prepared = prepare_batch(idx.to(device), g, images, ctf, state.offsets_px[idx].to(device),
-                                 subset=subset, full=full, mask=mask2)
-        terms = BatchTerms.make(prepared, c[g])
-        result = expectation_3d(
-            prepared, terms, projectors=projectors, sampling=sampling, coarse=coarse,
-            coarse_index=None, translations=translations, subset=subset, base_rotations=None,
-            log_pi=log_pi, sigma_offset_px=model.sigma_offset_angstrom / apix,
-            log_norm=float(log_norm[g]), adaptive_fraction=options.adaptive_fraction,
-            stats=stats, slice_budget=budget)
-        new.euler_degrees[idx] = matrix_to_euler(result.rotation.to(torch.float64)).cpu()
-        new.offsets_px[idx] = (state.offsets_px[idx].to(device)
-                               + result.shift_px.to(torch.float64)).cpu()
-        new.class_index[idx] = result.class_index.cpu()
-        new.max_probability[idx] = result.max_probability.cpu()
-        new.significant_samples[idx] = result.significant.cpu()
-        new.log_likelihood[idx] = result.log_likelihood.cpu()
-        new.angular_spread[idx] = result.angular_spread.cpu()
-        if progress is not None:
-            progress(int(idx.numel()))
+    stats = empty_statistics_3d(k_classes, n, model.sigma2.shape[0], subset, device)
+    new = copy_state_3d(state)
+    expectation_pass_3d(
+        model, state, new, source, eng, members=particles, projectors=projectors,
+        coarse=coarse, stats=stats, sampling=sampling, translations=translations,
+        subset=subset, full=full, coarse_index=None, log_pi=log_pi, batch=batch,
+        device=device, progress=progress)
     n_batch = float(stats.count.sum())
     running.update(stats, eta=eta, scale=len(source) / max(n_batch, 1.0))
     new_model = _maximise(model, stats, running, subset, full, options, eta=eta, device=device)
