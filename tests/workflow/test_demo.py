@@ -14,6 +14,7 @@ from cryospa.io.star import read_relion_star
 from cryospa.project.project import Project
 from cryospa.workflow.demo import (
     DEMO_SPECIMEN_VOLUME_A3,
+    TwoPassEcho,
     _apply,
     demo_workflow,
     fsc_to_truth,
@@ -112,6 +113,21 @@ def test_the_demo_stops_before_job_types_not_installed() -> None:
         assert first.job in missing
     else:
         assert (last, missing) == ("postprocess", [])
+
+
+def test_second_pass_does_not_list_the_first_pass_steps_as_skipped() -> None:
+    lines: list[str] = []
+    echo = TwoPassEcho(lines.append)
+    echo("[1/3] movies: running import")
+    echo("[1/3] movies: job001 succeeded in 1.0 s (Import/job001/)")
+    echo.first_pass.update({"movies"})
+    echo("[1/3] movies: skipped: job001 finished with the same parameters (Import/job001/)")
+    echo("[1/3] movies: job001 succeeded in 1.0 s (Import/job001/)")
+    echo("[3/3] mask: skipped: job003 finished with the same parameters (MaskCreate/job003/)")
+    assert lines == ["[1/3] movies: running import",
+                     "[1/3] movies: job001 succeeded in 1.0 s (Import/job001/)",
+                     "[3/3] mask: skipped: job003 finished with the same parameters "
+                     "(MaskCreate/job003/)"]
 
 
 # --------------------------------------------------------------------------------------

@@ -83,6 +83,7 @@ __all__ = [
     "expectation_pass_3d",
     "initialise_3d",
     "iterate_3d",
+    "noise_and_scale",
     "update_schedule",
 ]
 
@@ -293,7 +294,7 @@ def shell_mean_weight(bp: BackProjector) -> torch.Tensor:
         bp.padding_factor ** 3)
 
 
-def _noise_and_scale(
+def noise_and_scale(
     source: ParticleSource,
     offsets_px: torch.Tensor,
     reference: torch.Tensor,
@@ -374,7 +375,7 @@ def initialise_3d(
         else n // 4
     shell = min(shell, n // 2)
     refs = lowpass(refs, n * apix / shell, pixel_size_angstrom=apix, ndim=3)
-    sigma2, scale = _noise_and_scale(source, offsets_px, refs[0], options, device, shell)
+    sigma2, scale = noise_and_scale(source, offsets_px, refs[0], options, device, shell)
     if not options.absolute_greyscale:
         refs = refs * scale
     halves = 2 if options.gold_standard else 1

@@ -48,11 +48,11 @@ from cryospa.engine.em3d import (
     Model3D,
     Particles3D,
     Refine3DOptions,
-    _noise_and_scale,
     batch_size_3d,
     copy_state_3d,
     empty_statistics_3d,
     expectation_pass_3d,
+    noise_and_scale,
     particle_mask_2d,
     reference_mask,
     shell_mean_weight,
@@ -223,7 +223,7 @@ def initialise_denovo(
     eng = options.engine()
     shell = _shell_of(options.ini_high_angstrom, n, apix)
     blob = reference_mask(n, eng, apix, device).cpu()
-    sigma2, _ = _noise_and_scale(source, offsets_px, blob, eng, device, shell)
+    sigma2, _ = noise_and_scale(source, offsets_px, blob, eng, device, shell)
     k_classes = options.n_classes
     subset = FourierSubset.within(n, shell, device=device)
     full = FourierSubset.within(n, n // 2, min_shell=0, device=device)

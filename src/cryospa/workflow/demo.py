@@ -33,6 +33,7 @@ __all__ = [
     "DATA_FOLDER",
     "DEMO_SPECIMEN_VOLUME_A3",
     "DemoSummary",
+    "TwoPassEcho",
     "demo_workflow",
     "fsc_to_truth",
     "run_demo",
@@ -292,18 +293,14 @@ def run_demo(
     if last is None:
         return WorkflowResult(), workflow, None
     names = [s.name for s in workflow.until(last)]
-    said: set[str] = set()
-
-    def once(line: str) -> None:  # the second pass repeats the first one's "skipped" lines
-        if line not in said:
-            said.add(line)
-            out(line)
+    once = TwoPassEcho(out)
 
     if _MASK_STEP in names:  # the mask's threshold comes from the refined map
         first = run_workflow(project, workflow, until=_REFINE_STEP, j=threads, echo=once,
                              command="cryospa demo")
         if not first.ok:
             return first, workflow, last
+        once.first_pass.update(step.name for step in workflow.until(_REFINE_STEP))
         job = _step_jobs(project, workflow)[_REFINE_STEP]
         from cryospa.io.mrc import read_mrc
 
@@ -317,6 +314,27 @@ def run_demo(
     result = run_workflow(project, workflow, until=last, j=threads, echo=once,
                           command="cryospa demo")
     return result, workflow, last
+
+
+class TwoPassEcho:
+    """The demo's progress lines over its two workflow passes (to the refinement, then on).
+
+    The second pass would list every step of the first as "skipped": those lines, and lines
+    already shown, are left out.
+    """
+
+    def __init__(self, out: Callable[[str], None]) -> None:
+        self.out = out
+        self.first_pass: set[str] = set()  # steps the first pass handled
+        self._said: set[str] = set()
+
+    def __call__(self, line: str) -> None:
+        """Show ``line`` unless it is a repeat (class docstring)."""
+        step = re.match(r"\[\d+/\d+\] ([^:]+): skipped: ", line)
+        if (step and step.group(1) in self.first_pass) or line in self._said:
+            return
+        self._said.add(line)
+        self.out(line)
 
 
 @dataclass
