@@ -151,6 +151,33 @@ def sample_centred(channels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor
     return torch.where(neg.T, vals.conj(), vals)
 
 
+def to_full_channels(c: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(C, ...)`` complex centred half grid -> real channels of the whole grid.
+
+    The x axis is completed with the Friedel mates, so index ``i`` of every axis holds
+    frequency ``i - N // 2``: ``(1, 2 C, N + 1, [N + 1,] N + 1)``. Sampling it
+    (:func:`sample_full`) needs no conjugation; it takes twice the memory of
+    :func:`to_channels`. ``c`` must be Hermitian on its x = 0 plane (the transform of real maps).
+    """
+    mirror = torch.flip(c[..., 1:], dims=tuple(range(-ndim, 0))).conj()  # x = -N/2 .. -1
+    return to_channels(torch.cat([mirror, c], dim=-1))
+
+
+def sample_full(channels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Interpolate :func:`to_full_channels` at ``(P, ndim)`` coordinates scaled by ``2 / N``.
+
+    ``coords`` are frequencies (x, y[, z]) in padded-grid units times ``2 / N`` (so +-1 is
+    +-Nyquist of the padded grid): the caller folds the scale into its rotation. Returns
+    ``(C, P)`` complex values, as :func:`sample_centred`.
+    """
+    ndim = coords.shape[-1]
+    grid = coords.to(channels.dtype)
+    grid = grid.reshape(1, 1, -1, ndim) if ndim == 2 else grid.reshape(1, 1, 1, -1, ndim)
+    out = F.grid_sample(channels, grid, mode="bilinear", align_corners=True)
+    out = out.reshape(channels.shape[1] // 2, 2, -1)
+    return torch.complex(out[:, 0], out[:, 1])
+
+
 def scatter_centred(
     data: torch.Tensor,
     weight: torch.Tensor | None,

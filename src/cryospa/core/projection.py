@@ -48,7 +48,8 @@ class Projector:
     ndim
         2 or 3.
     channels
-        ``data`` as real ``grid_sample`` channels (derived; set on creation).
+        ``data`` completed to the whole grid as real ``grid_sample`` channels
+        (:func:`~cryospa.core._padded_fourier.to_full_channels`; derived, set on creation).
     """
 
     data: torch.Tensor
@@ -59,7 +60,7 @@ class Projector:
 
     def __post_init__(self) -> None:
         if self.channels is None:
-            self.channels = pf.to_channels(self.data)
+            self.channels = pf.to_full_channels(self.data, self.ndim)
 
     @property
     def padding_factor(self) -> float:
@@ -109,7 +110,7 @@ def _slice_coordinates(
     k = pf.output_frequencies(n, 2, device=device, dtype=real_dtype)  # (n, n//2+1, 2) x,y
     r_max = n / 2 if max_radius_px is None else min(max_radius_px, n / 2)
     inside = (k * k).sum(-1) <= r_max * r_max  # (n, n//2+1)
-    scale = projector.padding_factor
+    scale = 2.0 / n  # padded-grid units (x padding factor) over N / 2, for sample_full
     rot = rotations.to(real_dtype)
     if projector.ndim == 3:
         # 3D coordinate = A^T (kx, ky, 0): the first two rows of A, transposed
@@ -149,10 +150,8 @@ def project(
     b = rotations.shape[0]
     n = projector.box_size
     sel = coords[:, inside]  # (b, P_in, ndim)
-    channels = (
-        projector.channels if projector.channels is not None else pf.to_channels(projector.data)
-    )
-    vals = pf.sample_centred(channels, sel.reshape(-1, projector.ndim))  # (C, b*P_in)
+    assert projector.channels is not None
+    vals = pf.sample_full(projector.channels, sel.reshape(-1, projector.ndim))  # (C, b*P_in)
     out = torch.zeros(
         (projector.data.shape[0], b, n, n // 2 + 1), dtype=projector.data.dtype, device=vals.device
     )
@@ -189,13 +188,13 @@ def project_points(
         )
     real_dtype = projector.data.real.dtype
     rot = rotations.to(device=projector.data.device, dtype=real_dtype)
-    basis = rot[..., :2, :] if projector.ndim == 3 else rot[..., :2, :2]
+    # the coordinate scale of sample_full (2 / N, times the padding factor) goes into the basis
+    basis = (rot[..., :2, :] if projector.ndim == 3 else rot[..., :2, :2]) * (
+        2.0 / projector.box_size)
     k = freq_px.to(device=rot.device, dtype=real_dtype)
-    coords = torch.einsum("mi,bij->bmj", k, basis) * projector.padding_factor
-    channels = (
-        projector.channels if projector.channels is not None else pf.to_channels(projector.data)
-    )
-    vals = pf.sample_centred(channels, coords.reshape(-1, projector.ndim))
+    coords = torch.einsum("mi,bij->bmj", k, basis)
+    assert projector.channels is not None
+    vals = pf.sample_full(projector.channels, coords.reshape(-1, projector.ndim))
     return vals.reshape(projector.data.shape[0], rot.shape[0], k.shape[0])
 
 
