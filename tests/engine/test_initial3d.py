@@ -11,6 +11,7 @@ from cryospa.engine.estep3d import Statistics3D
 from cryospa.engine.initial3d import (
     InitialModelOptions,
     RunningSums3D,
+    reseed_inactive_classes,
     resolution_cap_shell,
     schedule_for,
 )
@@ -58,3 +59,27 @@ def test_running_sums_average_and_round_trip() -> None:
     assert back.padded_size == make_backprojector(n).padded_size == running.padded_size
     torch.testing.assert_close(back.data, running.data)
     assert back.backprojector(1).data.shape == make_backprojector(n).data.shape
+
+
+def test_an_inactive_class_is_reseeded_from_the_largest() -> None:
+    n, k = 12, 3
+    running = RunningSums3D.zeros(k, n, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    running.data += torch.randn(running.data.shape, generator=g, dtype=running.data.dtype)
+    running.weight += 1.0
+    running.class_mass = torch.tensor([500.0, 2.0, 300.0], dtype=torch.float64)
+    big_data = running.data[0].clone()
+    other = running.data[2].clone()
+    # class 2 has 2 / 802 of the particles, below 0.1 / 3: it takes half of class 1
+    assert reseed_inactive_classes(running, threshold=0.1, generator=g) == [1]
+    torch.testing.assert_close(running.class_mass,
+                               torch.tensor([250.0, 250.0, 300.0], dtype=torch.float64))
+    assert torch.equal(running.weight[0], running.weight[1])
+    assert torch.allclose(running.weight[0], torch.full_like(running.weight[0], 0.5))
+    # class 1's sums are shared between the pair (class 2's own are dropped); class 3 untouched
+    torch.testing.assert_close(running.data[0] + running.data[1], big_data)
+    assert torch.equal(running.data[2], other)
+    diff = (running.data[0] - running.data[1]).abs().mean() / running.data[0].abs().mean()
+    assert 0.1 < float(diff) < 0.4  # perturbed by about 2 x 10 %: the maps differ
+    # nothing to do when every class has its share
+    assert reseed_inactive_classes(running, threshold=0.1, generator=g) == []

@@ -22,7 +22,9 @@ The resolution limit of the E-step starts at ``ini_high_angstrom`` and is opened
 Nyquist over the middle of the run, never beyond the shell where the map's spectral SNR
 ``T tau2 mean(W)`` drops below 1 (plus a few shells). The last step is a full EM pass over all
 particles (``eta = 1``), which gives every particle an orientation. RELION's VDAM updates the
-maps with momentum-averaged gradients instead; the schedule and the final pass follow it.
+maps with momentum-averaged gradients instead; the schedule and the final pass follow it. With
+several classes, a class left with almost no particles is re-seeded from the largest one
+(:func:`reseed_inactive_classes`) until the last phase.
 
 The result has an arbitrary frame and hand (the hand cannot be told from projections): the job
 aligns it to the axes of the requested point group (:mod:`cryospa.core.symmetry_axes`).
@@ -75,6 +77,7 @@ __all__ = [
     "RunningSums3D",
     "initialise_denovo",
     "minibatch_step_3d",
+    "reseed_inactive_classes",
     "schedule_for",
 ]
 
@@ -110,6 +113,10 @@ class InitialModelOptions:
         CTF correction.
     adaptive_fraction
         Posterior mass whose fine children are scored.
+    class_inactivity_threshold
+        With several classes, a class whose share of the particles falls below this fraction
+        of ``1 / K`` is re-seeded from the largest class (:func:`reseed_inactive_classes`;
+        RELION 4 ``--class_inactivity_threshold``), except in the last phase of the schedule.
     mask_edge_px, memory_mb, seed
         Soft edge of the masks; memory bound of the E-step's slice tensors; random seed.
     """
@@ -127,6 +134,7 @@ class InitialModelOptions:
     ctf: bool = True
     ignore_ctf_until_first_peak: bool = False
     adaptive_fraction: float = 0.999
+    class_inactivity_threshold: float = 0.1
     mask_edge_px: float = 5.0
     memory_mb: float = 256.0
     seed: int = 0
@@ -200,6 +208,43 @@ class RunningSums3D:
                    weight=bp.weight[None].repeat(n_classes, *([1] * bp.weight.ndim)),
                    class_mass=torch.zeros(n_classes, dtype=torch.float64),
                    box_size=box_size, padded_size=bp.padded_size)
+
+
+def reseed_inactive_classes(
+    running: RunningSums3D, *, threshold: float, generator: torch.Generator,
+    perturbation: float = 0.1,
+) -> list[int]:
+    """Give each inactive class half of the largest class's running sums, perturbed.
+
+    A class is inactive when its running mass is below ``threshold / K`` of the total. It and
+    the largest class each get half of the largest class's sums (masses, weights and data, so
+    the totals are kept); the data of the pair are multiplied by ``1 + e`` and ``1 - e`` with
+    ``e`` Gaussian of standard deviation ``perturbation`` per Fourier voxel, so their maps
+    differ and the next E-steps pull them apart instead of leaving a class empty for good.
+    Returns the re-seeded classes (modifies ``running`` in place).
+    """
+    k_classes = int(running.class_mass.numel())
+    total = float(running.class_mass.sum())
+    if k_classes < 2 or total <= 0.0:
+        return []
+    reseeded = []
+    for c in range(k_classes):
+        if float(running.class_mass[c]) >= threshold * total / k_classes:
+            continue
+        big = int(running.class_mass.argmax())
+        if big == c:
+            continue
+        e = perturbation * torch.randn(running.weight[big].shape, generator=generator,
+                                       dtype=running.weight.dtype).to(running.weight.device)
+        half = 0.5 * running.data[big]
+        running.data[c] = half * (1.0 + e)
+        running.data[big] = half * (1.0 - e)
+        running.weight[big] *= 0.5
+        running.weight[c] = running.weight[big]
+        running.class_mass[big] *= 0.5
+        running.class_mass[c] = running.class_mass[big]
+        reseeded.append(c)
+    return reseeded
 
 
 def _shell_of(resolution_angstrom: float, n: int, apix: float) -> int:
@@ -335,6 +380,11 @@ def minibatch_step_3d(
         device=device, progress=progress)
     n_batch = float(stats.count.sum())
     running.update(stats, eta=eta, scale=len(source) / max(n_batch, 1.0))
+    reseeded: list[int] = []
+    if k_classes > 1 and step <= schedule.n_minibatches * (1.0 - schedule.final_fraction):
+        reseeded = reseed_inactive_classes(
+            running, threshold=options.class_inactivity_threshold,
+            generator=torch.Generator().manual_seed(int(options.seed) * 7919 + step))
     new_model = _maximise(model, stats, running, subset, full, options, eta=eta, device=device)
     info: dict[str, Any] = {
         "step": step,
@@ -343,6 +393,7 @@ def minibatch_step_3d(
         "resolution_used_angstrom": round(n * apix / shell, 3),
         "resolution_angstrom": new_model.resolution_angstrom.tolist(),
         "class_fractions": new_model.class_fractions.tolist(),
+        "reseeded_classes": [c + 1 for c in reseeded],
         "average_pmax": float(stats.pmax_sum) / max(n_batch, 1.0),
         "angular_spread_degrees": float(stats.angular_spread) / max(n_batch, 1.0),
         "log_likelihood": float(stats.log_likelihood),

@@ -245,6 +245,11 @@ class InitialModel(IterativeJob):
             model, state, info = minibatch_step_3d(model, state, running, source, options,
                                                    step=step, schedule=schedule,
                                                    device=device)
+            if info["reseeded_classes"]:
+                ctx.log(f"{ctx.job_name}: mini-batch {step}: class(es) "
+                        f"{', '.join(map(str, info['reseeded_classes']))} had fewer than "
+                        f"{options.class_inactivity_threshold:g} / K of the particles and were "
+                        "re-seeded from the largest class")
         self._write_iteration(ctx, it, model, state, source, running)
         res = ", ".join(f"{r:.1f}" for r in info["resolution_angstrom"])
         ctx.log(f"{ctx.job_name}: mini-batches to {info['step']} ({info['minibatch_size']} "
