@@ -150,7 +150,7 @@ def main() -> None:
     write_rows(args.json, [row(
         "3D auto-refine (from the true map)", data_text,
         side(wall, peak, f"{gold:.2f} Å, true-map FSC 0.5 {true_res:.2f} Å, median error "
-             f"{median:.1f}°, {model.iteration} it"), relion_side,
+             f"{median:.2f}°, {model.iteration} it"), relion_side,
         relion_program="relion_refine_mpi --auto_refine", note="whole run; ours in-process")])
 
 
@@ -255,7 +255,7 @@ def run_relion(data: Path, args: argparse.Namespace, true_map: torch.Tensor, api
     print(f"RELION: {wall:.0f} s, {iterations} iterations, gold-standard {gold:.2f} Å, "
           f"true-map FSC 0.5 {true_res:.2f} Å, median angle error {median:.2f}°", flush=True)
     return side(wall, peak[0], f"{gold:.2f} Å, true-map FSC 0.5 {true_res:.2f} Å, median error "
-                f"{median:.1f}°, {iterations} it")
+                f"{median:.2f}°, {iterations} it")
 
 
 if __name__ == "__main__":

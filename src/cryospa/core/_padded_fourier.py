@@ -17,6 +17,11 @@ import torch.nn.functional as F
 
 from cryospa.core.fourier import centre_to_origin, origin_to_centre
 
+#: Samples interpolated or splatted at once by ``project_points`` / ``backproject_points``:
+#: bounds their temporary buffers (coordinates, neighbour indices and weights, about 100 bytes
+#: per sample) to ~200 MB.
+POINTS_PER_CHUNK = 2**21
+
 
 def padded_size(box_size: int, padding_factor: float) -> int:
     """Even padded box size ``N >= padding_factor * box_size``."""

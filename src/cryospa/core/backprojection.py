@@ -181,16 +181,20 @@ def backproject_points(
     """
     real_dtype = bp.weight.dtype
     rot = rotations.to(device=bp.weight.device, dtype=real_dtype)
-    basis = rot[..., :2, :] if bp.ndim == 3 else rot[..., :2, :2]
+    basis = (rot[..., :2, :] if bp.ndim == 3 else rot[..., :2, :2]) * bp.padding_factor
     k = freq_px.to(device=rot.device, dtype=real_dtype)
-    coords = torch.einsum("mi,bij->bmj", k, basis) * bp.padding_factor
-    pf.scatter_centred(
-        bp.data,
-        bp.weight,
-        coords.reshape(-1, bp.ndim),
-        values.to(bp.data.dtype).reshape(-1),
-        weights.to(real_dtype).reshape(-1),
-    )
+    # in pieces: splatting keeps 8 neighbour indices and weights per sample
+    step = max(1, pf.POINTS_PER_CHUNK // max(1, k.shape[0]))
+    for start in range(0, rot.shape[0], step):
+        rows = slice(start, start + step)
+        coords = torch.einsum("mi,bij->bmj", k, basis[rows])
+        pf.scatter_centred(
+            bp.data,
+            bp.weight,
+            coords.reshape(-1, bp.ndim),
+            values[rows].to(bp.data.dtype).reshape(-1),
+            weights[rows].to(real_dtype).reshape(-1),
+        )
 
 
 def symmetrise_backprojector(bp: BackProjector, operators: torch.Tensor) -> BackProjector:

@@ -192,10 +192,17 @@ def project_points(
     basis = (rot[..., :2, :] if projector.ndim == 3 else rot[..., :2, :2]) * (
         2.0 / projector.box_size)
     k = freq_px.to(device=rot.device, dtype=real_dtype)
-    coords = torch.einsum("mi,bij->bmj", k, basis)
     assert projector.channels is not None
-    vals = pf.sample_full(projector.channels, coords.reshape(-1, projector.ndim))
-    return vals.reshape(projector.data.shape[0], rot.shape[0], k.shape[0])
+    n_maps, b, m = projector.data.shape[0], rot.shape[0], k.shape[0]
+    out = torch.empty((n_maps, b, m), dtype=projector.data.dtype, device=rot.device)
+    # in pieces of about pf.POINTS_PER_CHUNK samples: the coordinates and grid_sample's buffers
+    # are several times the size of the result
+    step = max(1, pf.POINTS_PER_CHUNK // max(1, m))
+    for start in range(0, b, step):
+        coords = torch.einsum("mi,bij->bmj", k, basis[start:start + step])
+        out[:, start:start + step] = pf.sample_full(
+            projector.channels, coords.reshape(-1, projector.ndim)).reshape(n_maps, -1, m)
+    return out
 
 
 def project_volume(
