@@ -170,10 +170,9 @@ def main() -> None:
         # RELION's default fit ends at its own resolution, ours at ours; one shell apart (the
         # phase randomisation is random) changes a short fit a lot. The second fit ends at
         # RELION's resolution for both, so it compares the B-factors alone.
-        for highres in ("0", "same"):
-            if highres == "same":
-                highres = f"{res['relion0']['resolution']:.3f}"
-            tag = f"PP{folder}{'0' if highres == '0' else 'R'}"
+        for key in ("0", "R"):  # default fit, then the fit to RELION's resolution
+            highres = "0" if key == "0" else f"{res['relion0']['resolution']:.3f}"
+            tag = f"PP{folder}{key}"
             (proj / tag).mkdir(exist_ok=True)
             w_r, m_r, _ = timed(["relion_postprocess", "--i", half1, "--mask", "mask.mrc",
                                  "--auto_bfac", "--autob_lowres", "10", "--autob_highres",
@@ -183,7 +182,6 @@ def main() -> None:
                                  "mask.mrc", "--mtf", "mtf.star", "--original-angpix",
                                  str(args.mtf_angpix), "--autob-highres", highres,
                                  "--device", "cpu"], proj)
-            key = "0" if highres == "0" else "R"
             res[f"relion{key}"] = {**general(proj / tag / "postprocess.star"),
                                    "wall": w_r, "rss": m_r}
             res[f"ours{key}"] = {
