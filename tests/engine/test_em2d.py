@@ -123,3 +123,55 @@ def test_noise_spectra_per_optics_group() -> None:
         model, state, _ = iterate(model, state, source, options, device=device)
     ratio = model.sigma2[1, 6:12] / model.sigma2[0, 6:12]
     assert bool(((ratio > 3.2) & (ratio < 4.8)).all()), ratio
+
+
+def test_class_centring_moves_averages_and_offsets_together() -> None:
+    """An off-centre class average is moved to the centre; the offsets follow, so the noiseless
+    particles still match their class at offset range 0 as well as before."""
+    from cryospa.core.class_features import density_centres
+    from cryospa.core.fourier import shift_images
+    from cryospa.engine.em2d import PassSetup, centre_classes, expectation_pass
+
+    refs = templates(N, 2, seed=11)
+    radius = 0.45 * N
+    for _ in range(3):  # centre the templates, then move class 0 off centre
+        refs = shift_images(refs, -density_centres(refs, radius).to(torch.float32))
+    refs = shift_images(refs, torch.tensor([[3.0, -2.0], [0.0, 0.0]]))
+    source, truth = particles(refs, 60, pixel_size=PIXEL, snr=0.0, seed=5)  # no noise
+    options = Class2DOptions(n_classes=2, particle_diameter_angstrom=0.9 * N * PIXEL,
+                             psi_step_degrees=10.0, offset_range_px=0.0, adaptive=False,
+                             centre_classes=True)
+    device = torch.device("cpu")
+    model, state = initialise(source, truth.origins_px, options, device=device)
+    model.references = refs.clone()
+    state.class_index = truth.class_index.clone()
+    state.psi_degrees = truth.psi_degrees.clone()
+
+    def score(m, s):
+        setup = PassSetup.make(m, options, device)
+        return expectation_pass(m, s, source, options, setup, setup.empty_statistics(m, device),
+                                device=device)[0]
+
+    before = score(model, state)
+    start = density_centres(model.references, radius)
+    shifts = centre_classes(model, state, PassSetup.make(model, options, device), options)
+    torch.testing.assert_close(shifts[0], start[0])  # class 0 moved by its centre of mass
+    assert float(shifts[1].norm()) == 0.0  # within 0.5 px: left alone
+    assert float(density_centres(model.references, radius)[0].norm()) < 0.3
+    rot = rotations_2d(state.psi_degrees)
+    moved = truth.class_index == 0
+    expected = truth.origins_px[moved] - (rot[moved] @ start[0][:, None])[:, :, 0]
+    torch.testing.assert_close(state.offsets_px[moved], expected)
+    # a search around the new offsets finds the particles where the offsets say they are
+    search = Class2DOptions(**{**options.__dict__, "offset_range_px": 2.0,
+                               "offset_step_px": 0.5})
+    setup = PassSetup.make(model, search, device)
+    after = expectation_pass(model, state, source, search, setup,
+                             setup.empty_statistics(model, device), device=device)[0]
+    assert torch.equal(after.class_index, truth.class_index)
+    found = (after.offsets_px - state.offsets_px)[moved].norm(dim=1)
+    assert float(found.max()) < 0.8, found  # the fine grid sits at quarter steps
+    assert float(before.log_likelihood.mean()) < float(after.log_likelihood.mean()) + 50.0
+    off_options = Class2DOptions(**{**options.__dict__, "centre_classes": False})
+    assert float(centre_classes(model, state, PassSetup.make(model, options, device),
+                                off_options).abs().sum()) == 0.0

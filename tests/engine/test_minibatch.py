@@ -102,3 +102,29 @@ def test_minibatch_classification_separates_the_templates() -> None:
     found = {int(torch.mode(truth.class_index[state.class_index == c]).values)
              for c, size, _ in result if size >= 18}
     assert found == {0, 1, 2, 3}
+
+
+def test_running_sums_follow_the_class_centring() -> None:
+    """After a step that centres a class, an M-step on the running sums alone gives the centred
+    average again (the sums moved with it), not the old off-centre one."""
+    from cryospa.core.class_features import density_centres
+    from cryospa.core.fourier import shift_images
+    from cryospa.engine.em2d import maximise
+
+    refs = templates(24, 2, seed=5)
+    refs = shift_images(refs, torch.tensor([[2.5, 1.5], [-2.0, 2.0]]))
+    source, _ = particles(refs, 120, pixel_size=5.0, snr=2.0, seed=6)
+    options = Class2DOptions(n_classes=2, particle_diameter_angstrom=0.9 * 24 * 5.0,
+                             psi_step_degrees=15.0, offset_range_px=2.0, centre_classes=True)
+    radius = options.particle_diameter_angstrom / 10.0
+    model, state = initialise(source, torch.zeros(120, 2), options, device=CPU)
+    moved = []
+    for _ in range(3):
+        model, state, running, info = minibatch_step(model, state, None, source, options,
+                                                     particles=None, eta=1.0, device=CPU)
+        moved.append(max(info["class_centring_px"]))
+    assert moved[-1] > 0.5, moved  # the last step did move a class
+    setup = PassSetup.make(model, options, CPU)
+    again = maximise(model, running.on(setup.subset), setup, options)
+    centres = density_centres(again.references, radius).norm(dim=1)
+    assert float(centres.max()) < 0.6, centres

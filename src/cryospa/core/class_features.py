@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["class_image_features"]
+__all__ = ["class_image_features", "density_centres"]
 
 
 def class_image_features(images: torch.Tensor, mask_radius_px: float) -> dict[str, torch.Tensor]:
@@ -64,10 +64,26 @@ def class_image_features(images: torch.Tensor, mask_radius_px: float) -> dict[st
     floor = (1e-3 * contrast).clamp_min(1e-30)
     edge_ratio = torch.where(contrast > 0, region_std(ring) / torch.maximum(centre_std, floor),
                              torch.zeros_like(contrast))
+    centres = density_centres(x, radius)
+    offset = torch.hypot(centres[:, 0], centres[:, 1])
+    return {"contrast": contrast, "edge_ratio": edge_ratio, "centre_offset_px": offset}
+
+
+def density_centres(images: torch.Tensor, mask_radius_px: float) -> torch.Tensor:
+    """Centres of mass of the density above the median inside a disc of ``mask_radius_px``.
+
+    ``(K, n, n)`` images (protein positive, box centre at ``n // 2``) -> ``(K, 2)`` float64
+    ``(x, y)`` in pixels from the box centre; ``(0, 0)`` for a flat image.
+    """
+    n = images.shape[-1]
+    x = images.to(torch.float64)
+    coords = torch.arange(n, dtype=torch.float64, device=x.device) - n // 2
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    inside = torch.hypot(xx, yy) < min(float(mask_radius_px), n / 2)
     median = x[:, inside].median(dim=1).values
     weight = (x - median[:, None, None]).clamp_min(0) * inside
     total = weight.sum((1, 2))
     cx = (weight * xx).sum((1, 2)) / total.clamp_min(1e-30)
     cy = (weight * yy).sum((1, 2)) / total.clamp_min(1e-30)
-    offset = torch.where(total > 0, torch.hypot(cx, cy), torch.zeros_like(total))
-    return {"contrast": contrast, "edge_ratio": edge_ratio, "centre_offset_px": offset}
+    return torch.where((total > 0)[:, None], torch.stack([cx, cy], dim=1),
+                       torch.zeros((x.shape[0], 2), dtype=torch.float64, device=x.device))

@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
+from cryospa.core.class_features import density_centres
 from cryospa.core.filters import lowpass
+from cryospa.core.fourier import shift_images
 from cryospa.core.masks import soft_circle
 from cryospa.engine.coefficients import FourierSubset
 from cryospa.engine.data import ParticleSource, centre_and_mask, centred_rfft, prepare_batch
@@ -37,7 +39,7 @@ from cryospa.engine.mstep import (
     reconstruct_references,
     update_noise,
 )
-from cryospa.engine.sampling import InPlaneSampling
+from cryospa.engine.sampling import InPlaneSampling, rotations_2d
 
 __all__ = [
     "Class2DOptions",
@@ -98,6 +100,9 @@ class Class2DOptions:
         Budget for the batch tensors when ``batch_size`` is 0.
     seed
         Random seed (subsets of the initial references, noise outside the mask).
+    centre_classes
+        Move each class average's centre of mass to the box centre after every M-step
+        (RELION's ``--center_classes``); the particles' offsets follow.
     """
 
     n_classes: int
@@ -118,6 +123,7 @@ class Class2DOptions:
     batch_size: int = 0
     memory_mb: float = 256.0
     seed: int = 0
+    centre_classes: bool = False
 
     def sampling(self) -> InPlaneSampling:
         """The in-plane pose grids."""
@@ -467,10 +473,52 @@ def iterate(
                                              device=device, progress=progress)
     t_e = time.perf_counter()
     new_model = maximise(model, stats, setup, options)
+    shifts = centre_classes(new_model, new_state, setup, options)
     info = summarise_iteration(model, new_model, state, new_state, setup, options,
                     n_scored=float(stats.count.sum()), fine_poses=fine_poses,
                     seconds=(t_e - t0, time.perf_counter() - t_e))
+    info["class_centring_px"] = [round(float(v), 3) for v in shifts.norm(dim=1)]
     return new_model, new_state, info
+
+
+#: Classes whose centre of mass is closer than this to the box centre are not moved (pixels).
+MIN_CENTRING_PX = 0.5
+
+
+def centre_classes(
+    model: ClassModel, state: ParticleState, setup: PassSetup, options: Class2DOptions
+) -> torch.Tensor:
+    """Move every class average's density to the box centre, in place (``--center_classes``).
+
+    The centre of mass ``c_k`` of the density above the median inside the particle mask (the
+    feature ``select --auto`` scores) is moved to the box centre: ``A_k(r) <- A_k(r + c_k)``,
+    masked again. A particle of class ``k`` at in-plane angle psi matched ``R_psi A_k``, so its
+    offset becomes ``origin - R_psi c_k`` and it still matches the moved average. Without this
+    a class can drift off centre (nothing in the likelihood pins where in the box a class sits;
+    only the offset prior pulls weakly), and off-centre averages make poor picking templates.
+
+    Returns the ``(K, 2)`` shifts ``c_k`` (pixels, (x, y); zero for classes left alone).
+    """
+    k = model.n_classes
+    shifts = torch.zeros((k, 2), dtype=torch.float64)
+    if not options.centre_classes:
+        return shifts
+    radius = options.particle_diameter_angstrom / (2.0 * model.pixel_size_angstrom)
+    centres = density_centres(model.references, radius)
+    move = (centres.norm(dim=1) > MIN_CENTRING_PX) & (model.class_fractions.cpu() > 0)
+    if not bool(move.any()):
+        return shifts
+    shifts[move] = centres[move]
+    mask = setup.mask.to(model.references.device, model.references.dtype)
+    moved = shift_images(model.references[move], (-shifts[move]).to(torch.float32)) * mask
+    model.references[move] = moved.to(model.references.dtype)
+    seen = state.class_index >= 0
+    cls = state.class_index.clamp(min=0)
+    rot = rotations_2d(state.psi_degrees.to(torch.float64))  # (N, 2, 2)
+    delta = (rot @ shifts[cls][:, :, None])[:, :, 0]
+    state.offsets_px -= torch.where(seen[:, None], delta, torch.zeros_like(delta)).to(
+        state.offsets_px.dtype)
+    return shifts
 
 
 def maximise(

@@ -35,12 +35,14 @@ from cryospa.engine.data import ParticleSource
 from cryospa.engine.em2d import (
     Class2DOptions,
     PassSetup,
+    centre_classes,
     expectation_pass,
     maximise,
     summarise_iteration,
 )
 from cryospa.engine.model import ClassModel, ParticleState
 from cryospa.engine.mstep import SufficientStatistics
+from cryospa.engine.sampling import rotations_2d
 
 __all__ = [
     "MinibatchSchedule",
@@ -163,6 +165,23 @@ class RunningStatistics:
             class_mass=s.class_mass, offset_sq_px2=s.offset_sq_px2,
             log_likelihood=s.log_likelihood, pmax_sum=s.pmax_sum)
 
+    def shift_classes(self, shifts_px: torch.Tensor, psi_degrees: torch.Tensor) -> None:
+        """Follow :func:`~cryospa.engine.em2d.centre_classes`, in place.
+
+        Class ``k``'s average moved by ``-c_k``; its slice at in-plane angle ``psi_j`` holds
+        images matching ``R_j A_k``, which move by ``-R_j c_k`` (a phase ramp on the data sums;
+        the weights do not change).
+        """
+        data = self.stats.data
+        k = shifts_px.shape[0]
+        n_psi = data.shape[1] // k
+        rot = rotations_2d(psi_degrees.to(torch.float64).cpu())  # (J, 2, 2)
+        for c in torch.nonzero(shifts_px.norm(dim=1) > 0).flatten().tolist():
+            moves = -(rot @ shifts_px[c].to(torch.float64)[:, None])[:, :, 0]  # (J, 2)
+            ramps = self.coefficients.phase_ramps(moves)  # (J, M)
+            block = torch.view_as_complex(data[:, c * n_psi : (c + 1) * n_psi].contiguous())
+            data[:, c * n_psi : (c + 1) * n_psi] = torch.view_as_real(block * ramps)
+
     def arrays(self) -> dict[str, torch.Tensor]:
         """For a checkpoint."""
         return {f.name: getattr(self.stats, f.name) for f in fields(SufficientStatistics)}
@@ -208,9 +227,12 @@ def minibatch_step(
     running.update(batch, setup.subset, eta=eta, scale=len(source) / max(n_batch, 1.0))
     t_e = time.perf_counter()
     new_model = maximise(model, running.on(setup.subset), setup, options)
+    shifts = centre_classes(new_model, new_state, setup, options)
+    running.shift_classes(shifts, setup.sampling.fine_psi)
     info = summarise_iteration(model, new_model, state, new_state, setup, options,
                                n_scored=n_batch, fine_poses=fine_poses,
                                seconds=(t_e - t0, time.perf_counter() - t_e))
+    info["class_centring_px"] = [round(float(v), 3) for v in shifts.norm(dim=1)]
     info["minibatch_size"] = int(n_batch)
     info["minibatch_weight"] = round(eta, 5)
     info["replaced_classes"] = (

@@ -151,6 +151,8 @@ def options_from_params(params: Mapping[str, Any]) -> Class2DOptions:
         strict_highres_angstrom=float(params["strict_highres_exp"]),
         batch_size=int(params["batch_size"]),
         seed=int(params["seed"]),
+        centre_classes=bool(params.get("vdam", False) if params.get("center_classes") is None
+                            else params["center_classes"]),
     )
 
 
@@ -220,6 +222,12 @@ class Class2D(IterativeJob):
               help="treat |CTF| as 1 below its first peak (for strongly low-frequency data)"),
         Param("zero_mask", bool, True, relion="do_zero_mask",
               help="fill the particles outside the mask with zeros (else with noise)"),
+        Param("center_classes", bool, None, relion=None,
+              help="move each class average's centre of mass to the box centre after every "
+              "iteration (or mini-batch), the particles' offsets with it; default: on with "
+              "--vdam (whose running sums let classes drift), off for EM (whose offset prior "
+              "keeps good classes centred, so an off-centre class is junk that select --auto "
+              "can see)"),
         Param("adaptive", bool, True,
               help="adaptive oversampling: coarse pass, then fine poses only where the "
               "posterior is significant (--no-adaptive: exhaustive fine search)"),
