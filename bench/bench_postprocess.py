@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,7 +167,7 @@ def main() -> None:
     table = []
     for folder, label in (("R", "RELION's half maps"), ("C", "cryospa's half maps")):
         half1 = f"{folder}/run_half1_class001_unfil.mrc"
-        res: dict[str, dict[str, float]] = {}
+        res: dict[str, dict[str, Any]] = {}
         # RELION's default fit ends at its own resolution, ours at ours; one shell apart (the
         # phase randomisation is random) changes a short fit a lot. The second fit ends at
         # RELION's resolution for both, so it compares the B-factors alone.
@@ -192,25 +193,40 @@ def main() -> None:
         h2, _ = read_mrc(proj / half1.replace("half1", "half2"))
         mk, _ = read_mrc(proj / "mask.mrc")
         b_r, b_c, t_c = [], [], []
+        fixed_r, fixed_c = [], []  # fit from 10 Å to RELION's (single-run) resolution
+        res_r: list[float] = []  # resolution per seed (the phase randomisation is random)
+        res_c: list[float] = []
+        fit_end = res["relion0"]["resolution"]
         (proj / "seeds").mkdir(exist_ok=True)
         for seed in range(1, args.seeds + 1):
-            subprocess.run(["relion_postprocess", "--i", half1, "--mask", "mask.mrc",
-                            "--auto_bfac", "--mtf", "mtf.star", "--mtf_angpix",
-                            str(args.mtf_angpix), "--random_seed", str(seed), "--o",
-                            "seeds/postprocess"], cwd=proj, check=True, capture_output=True)
-            b_r.append(general(proj / "seeds" / "postprocess.star")["bfactor"])
-            t = time.perf_counter()
-            out = postprocess_half_maps(
-                torch.from_numpy(h1), torch.from_numpy(h2), torch.from_numpy(mk),
-                pixel_size_angstrom=apix, mtf=mtf, generator=torch.Generator().manual_seed(seed))
-            t_c.append(time.perf_counter() - t)
-            b_c.append(out.sharpened.bfactor_angstrom2)
+            for highres, into in ((0.0, b_r), (fit_end, fixed_r)):
+                subprocess.run(["relion_postprocess", "--i", half1, "--mask", "mask.mrc",
+                                "--auto_bfac", "--autob_lowres", "10", "--autob_highres",
+                                f"{highres:.3f}", "--mtf", "mtf.star", "--mtf_angpix",
+                                str(args.mtf_angpix), "--random_seed", str(seed), "--o",
+                                "seeds/postprocess"], cwd=proj, check=True, capture_output=True)
+                into.append(general(proj / "seeds" / "postprocess.star")["bfactor"])
+                if highres == 0.0:
+                    res_r.append(general(proj / "seeds" / "postprocess.star")["resolution"])
+            for highres, into in ((0.0, b_c), (round(fit_end, 3), fixed_c)):
+                t = time.perf_counter()
+                out = postprocess_half_maps(
+                    torch.from_numpy(h1), torch.from_numpy(h2), torch.from_numpy(mk),
+                    pixel_size_angstrom=apix, mtf=mtf, fit_max_resolution_angstrom=highres,
+                    generator=torch.Generator().manual_seed(seed))
+                if highres == 0.0:
+                    t_c.append(time.perf_counter() - t)
+                    res_c.append(out.resolution_angstrom)
+                into.append(out.sharpened.bfactor_angstrom2)
+        res["relionR"]["seeds"], res["oursR"]["seeds"] = fixed_r, fixed_c
+        res["relion0"]["seeds"], res["ours0"]["seeds"] = res_r, res_c
         table.append((label, res, b_r, b_c, statistics.median(t_c)))
         print(f"{label}: done", flush=True)
 
     print(f"\n| post-processing ({args.box} px, {apix} Å/px, K2 MTF) | program | wall | "
-          "peak RSS | resolution | B (default fit) | B mean over seeds [range] | "
-          "B (fit 10 Å to RELION's resolution) |")
+          "peak RSS | resolution: one run; most frequent over seeds [range] | "
+          "B (default fit) | B mean over seeds [range] | "
+          "B (fit 10 Å to RELION's resolution): one run; mean over seeds [range] |")
     print("|---|---|---|---|---|---|---|---|")
     for label, res, b_r, b_c, t_c in table:
         for who, bs, name in (("relion", b_r, "relion_postprocess"),
@@ -218,9 +234,11 @@ def main() -> None:
             r0, r6 = res[f"{who}0"], res[f"{who}R"]
             extra = f" (in-process {t_c:.2f} s)" if who == "ours" else ""
             print(f"| {label} | {name} | {r0['wall']:.2f} s{extra} | {r0['rss']:.0f} MB | "
-                  f"{r0['resolution']:.2f} Å | {r0['bfactor']:.1f} Å² | "
+                  f"{r0['resolution']:.2f} Å; {statistics.mode(round(v, 2) for v in r0['seeds'])}"
+                  f" [{min(r0['seeds']):.2f}, {max(r0['seeds']):.2f}] Å | {r0['bfactor']:.1f} Å² | "
                   f"{statistics.mean(bs):.1f} [{min(bs):.0f}, {max(bs):.0f}] Å² | "
-                  f"{r6['bfactor']:.1f} Å² |")
+                  f"{r6['bfactor']:.1f} Å²; {statistics.mean(r6['seeds']):.1f} "
+                  f"[{min(r6['seeds']):.0f}, {max(r6['seeds']):.0f}] Å² |")
     sys.stdout.flush()
     json_rows = [row("mask creation", f"{args.box} px map", side(
         w_cm, m_cm, f"{flips} voxels differ from RELION's at 0.5"), side(w_rm, m_rm, "reference"),
@@ -230,10 +248,10 @@ def main() -> None:
 
         def pp(r: dict[str, float], fit_end: float = fit_end) -> dict[str, object]:
             return side(r["wall"], r["rss"], f"{r['resolution']:.2f} Å, B {r['bfactor']:.0f} Å²"
-                        f" (fit to {fit_end:.2f} Å: {r['bfactor_fixed']:.0f} Å²)")
+                        f" (fit to {fit_end:.2f} Å, mean of seeds: {r['bfactor_fixed']:.0f} Å²)")
 
         for who in ("ours", "relion"):
-            res[f"{who}0"]["bfactor_fixed"] = res[f"{who}R"]["bfactor"]
+            res[f"{who}0"]["bfactor_fixed"] = statistics.mean(res[f"{who}R"]["seeds"])
         json_rows.append(row(f"post-processing ({label})", f"{args.box} px, {apix} Å/px",
                              pp(res["ours0"]), pp(res["relion0"]),
                              relion_program="relion_postprocess", note="whole command"))

@@ -335,6 +335,14 @@ def test_postprocess_matches_relion_on_synthetic_half_maps(project: Project, sha
     _same_resolution(ours, relion, N, APIX)
     assert ours["rlnBfactorUsedForSharpening"] == pytest.approx(
         relion["rlnBfactorUsedForSharpening"], rel=0.10)
+    # the unmasked and masked FSCs are RELION's to the digit (half-grid sums, as its getFSC)
+    theirs = read_star(project.root / "R" / "postprocess.star")["fsc"]
+    job = sorted((project.root / "PostProcess").glob("job*"))[-1]
+    ours_fsc = read_star(job / "postprocess.star")["fsc"]
+    for column in ("rlnFourierShellCorrelationUnmaskedMaps",
+                   "rlnFourierShellCorrelationMaskedMaps"):
+        np.testing.assert_allclose(ours_fsc[column].to_numpy(dtype=float),
+                                   theirs[column].to_numpy(dtype=float), atol=2e-5)
     # without a mask (relion_postprocess without --mask): unmasked FSC, fit on unmasked maps
     ours, relion = _relion_vs_ours(project, H1, "", mtf, 1.0, highres=6.0, tag="U")
     assert "rlnMaskName" not in relion.index

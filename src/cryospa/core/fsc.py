@@ -2,8 +2,11 @@
 
 Shells follow :mod:`cryospa.core.filters`: coefficient ``k`` (cycles per pixel) of an ``n``-box
 belongs to shell ``round(|k| n)``; there are ``n // 2 + 1`` shells ``0 .. n // 2`` and shell ``s``
-is the resolution ``n * pixel_size / s`` Å. Sums over the rfft half grid are weighted so that
-they equal sums over the full FFT.
+is the resolution ``n * pixel_size / s`` Å. Shell sums and averages over the rfft half grid are
+weighted so that they equal sums over the full FFT; the FSC alone counts every rfft coefficient
+once, as RELION's ``getFSC`` does (the ``kx = 0`` plane then weighs twice as much as in the full
+FFT), so that the same maps give RELION's FSC to the last digit, and with it the same shell where
+the unmasked FSC drops below 0.8 (where post-processing starts the phase randomisation).
 """
 
 from __future__ import annotations
@@ -117,12 +120,13 @@ class ShellGrid:
         """Start indices of the slabs along the first grid axis."""
         return range(0, self.rfft_shape[0], self._step())
 
-    def sums(self, values: torch.Tensor) -> torch.Tensor:
+    def sums(self, values: torch.Tensor, *, full_fft: bool = True) -> torch.Tensor:
         """Full-FFT shell sums ``(..., n_shells)`` of a real quantity ``(..., *rfft_shape)``.
 
         The quantity is assumed Friedel-symmetric (``|F|^2``, ``Re(A conj(B))``, ``|F|``);
-        each rfft column counts as many times as it stands for in the full FFT. Sums are
-        accumulated in float64 and returned in the dtype of ``values``.
+        each rfft column counts as many times as it stands for in the full FFT
+        (``full_fft=False``: once, RELION's half-grid sums). Sums are accumulated in float64
+        and returned in the dtype of ``values``.
         """
         rshape = self.rfft_shape
         if tuple(values.shape[-self.ndim:]) != rshape:
@@ -134,8 +138,10 @@ class ShellGrid:
                           dtype=torch.float64)  # float64 sums: shells hold up to ~1e6 terms
         step = self._step()
         for start in self._slabs():
-            part = (v[:, start : start + step].to(torch.float64) * self.column_weights).reshape(
-                v.shape[0], -1)
+            part = v[:, start : start + step].to(torch.float64)
+            if full_fft:
+                part = part * self.column_weights
+            part = part.reshape(v.shape[0], -1)
             # int64 and dim 0: index_add_ is ~40x slower with an int32 index along dim 1
             idx = self.index[start : start + step].reshape(-1).to(torch.int64)
             for b in range(v.shape[0]):
@@ -186,14 +192,17 @@ class ShellGrid:
         return f
 
     def fsc(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
-        """FSC ``(..., n_shells)`` of two rfft transforms (``(..., *rfft_shape)``)."""
+        """FSC ``(..., n_shells)`` of two rfft transforms (``(..., *rfft_shape)``).
+
+        Sums over the rfft half grid, each coefficient once (RELION's ``getFSC``).
+        """
         ra, rb = torch.view_as_real(fa), torch.view_as_real(fb)  # (..., 2) real, imaginary
         cross = (ra * rb).sum(-1)
         pa = ra.square().sum(-1)
         pb = rb.square().sum(-1)
         cross, pa, pb = torch.broadcast_tensors(cross, pa, pb)
-        num = self.sums(cross)
-        den = torch.sqrt(self.sums(pa)) * torch.sqrt(self.sums(pb))
+        num = self.sums(cross, full_fft=False)
+        den = torch.sqrt(self.sums(pa, full_fft=False)) * torch.sqrt(self.sums(pb, full_fft=False))
         return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
 
 
@@ -201,7 +210,7 @@ def fsc(a: torch.Tensor, b: torch.Tensor, *, ndim: int = 3) -> torch.Tensor:
     """Fourier shell (``ndim=3``) or ring (``ndim=2``) correlation of two real maps / images.
 
     ``FSC(s) = sum Re(A conj(B)) / sqrt(sum |A|^2 sum |B|^2)`` over the coefficients of shell
-    ``s`` (full-FFT sums).
+    ``s`` (half-grid sums, each rfft coefficient once, as RELION).
 
     Parameters
     ----------
