@@ -207,54 +207,37 @@ def scatter_centred(
         ``(P,)`` real weights (e.g. CTF^2), or None.
     """
     ndim = coords.shape[-1]
+    n_points = coords.shape[0]
     half = data.shape[-2] // 2
-    neg = coords[:, 0] < 0
-    coords = torch.where(neg[:, None], -coords, coords)
-    values = torch.where(neg, values.conj(), values)
-    shape = data.shape
-    limits = [shape[-1], *([shape[-2]] * (ndim - 1))]
-    strides = [1, shape[-1]] + ([shape[-1] * shape[-2]] if ndim == 3 else [])
-    # per axis: the two neighbour offsets (flat, already times the stride) and their weights;
-    # a neighbour beyond the grid edge only ever gets weight 0, so clamping its index is safe
-    offsets: list[tuple[torch.Tensor, torch.Tensor]] = []
-    weights: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for axis in range(ndim):
-        pos = coords[:, axis] + (half if axis > 0 else 0)
-        base = torch.floor(pos)
-        frac = pos - base
-        i0 = base.long().clamp_(0, limits[axis] - 1)
-        i1 = (i0 + 1).clamp_(max=limits[axis] - 1)
-        offsets.append((i0 * strides[axis], i1 * strides[axis]))
-        weights.append((1.0 - frac, frac))
-    # combine the slow axes first (4 pairs in 3D), then the x axis: fewer passes over the data
-    combos: list[tuple[torch.Tensor, torch.Tensor]] = [
-        (offsets[-1][0], weights[-1][0]),
-        (offsets[-1][1], weights[-1][1]),
-    ]
-    for axis in range(ndim - 2, -1, -1):
-        combos = [
-            (o + offsets[axis][bit], w * weights[axis][bit]) for o, w in combos for bit in (0, 1)
-        ]
     real_dtype = data.real.dtype
-    # scatter straight into the accumulators viewed as flat real arrays (re, im interleaved):
-    # 1D scatter_add_ is several times faster on the CPU than index_add_ of multi-column rows,
-    # and no temporary accumulator is allocated per call
-    flat_data = torch.view_as_real(data).view(-1)  # (2 M,)
-    flat_weight = weight.view(-1) if weight is not None and value_weights is not None else None
-    v_re = values.real.to(real_dtype).contiguous()
-    v_im = values.imag.to(real_dtype).contiguous()
-    v_w = (
-        value_weights.to(real_dtype)
-        if flat_weight is not None and value_weights is not None
-        else None
-    )
-    for flat, w in combos:
-        w = w.to(real_dtype)
-        index_re = flat * 2
-        flat_data.scatter_add_(0, index_re, v_re * w)
-        flat_data.scatter_add_(0, index_re + 1, v_im * w)
-        if flat_weight is not None and v_w is not None:
-            flat_weight.scatter_add_(0, flat, v_w * w)
+    # Friedel: a point with x < 0 goes in as its mate (-k, conj(value)); sign = -1 for those
+    sign = 1.0 - 2.0 * (coords[:, 0] < 0).to(real_dtype)
+    pos = (coords.to(real_dtype) * sign[:, None]).T.contiguous()  # (ndim, P), index units
+    pos[1:] += half
+    base = torch.floor(pos)
+    frac = pos - base
+    row = data.shape[-1]
+    strides = [1, row, row * data.shape[-2]][:ndim]
+    flat = base[0].long()
+    for axis in range(1, ndim):
+        flat += base[axis].long() * strides[axis]
+    # the 2^ndim neighbours as constant offsets from the lower corner, x fastest. A neighbour
+    # beyond the grid edge (or past the end of a row) only ever gets weight 0, so clamping
+    # its index into the array is safe. Rows of (2^ndim, P): the long axis stays contiguous,
+    # which keeps every elementwise pass vectorised (a (P, 8) layout is several times slower)
+    corners = torch.zeros(1, dtype=torch.long, device=coords.device)
+    weights = torch.ones((1, n_points), dtype=real_dtype, device=coords.device)
+    for axis in range(ndim):
+        corners = torch.cat([corners, corners + strides[axis]])
+        weights = torch.cat([weights * (1.0 - frac[axis]), weights * frac[axis]])
+    index = (corners[:, None] + flat[None, :]).clamp_(0, data.numel() - 1).view(-1)
+    # scatter straight into the accumulators viewed as flat real arrays: 1D scatter_add_ is
+    # several times faster on the CPU than index_add_ of multi-column rows
+    pairs = torch.view_as_real(data).view(-1, 2)
+    pairs[:, 0].scatter_add_(0, index, (weights * values.real.to(real_dtype)).view(-1))
+    pairs[:, 1].scatter_add_(0, index, (weights * (values.imag.to(real_dtype) * sign)).view(-1))
+    if weight is not None and value_weights is not None:
+        weight.view(-1).scatter_add_(0, index, (weights * value_weights.to(real_dtype)).view(-1))
 
 
 def symmetrise_half_plane(c: torch.Tensor, ndim: int, *, conj: bool) -> None:

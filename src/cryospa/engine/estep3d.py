@@ -356,7 +356,11 @@ def expectation_3d(
         if table is not None:
             table.add(slot, z, w_pose, t_f.cc2)
         else:
-            sel = torch.nonzero(w_pose.reshape(-1) > _MIN_BACKPROJECT_WEIGHT).flatten()
+            # as RELION: only the orientations holding adaptive_fraction of each particle's
+            # posterior go in (local searches spread it over ~100 fine orientations)
+            _, smallest = significant_count(w_pose, adaptive_fraction)
+            used = (w_pose >= smallest[:, None]) & (w_pose > _MIN_BACKPROJECT_WEIGHT)
+            sel = torch.nonzero(used.reshape(-1)).flatten()
             _insert(stats.backprojectors, z.reshape(nb * p_l, m)[sel],
                     w_pose.reshape(-1)[sel][:, None] * t_f.cc2[sel // p_l],
                     rots.reshape(-1, 3, 3)[sel], cls.reshape(-1)[sel], subset, freq)
