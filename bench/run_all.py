@@ -52,6 +52,7 @@ class Bench:
     threads: bool = True  # takes --threads
     work: str | None = None  # option naming a work folder to put in the temporary folder
     needs: tuple[str, ...] = field(default=())  # RELION programs it cannot run without
+    full_only: bool = False  # too long for --quick (no smaller size proves the same)
 
     @property
     def script(self) -> Path:
@@ -85,6 +86,7 @@ BENCHES = (
     Bench("initial_model", quick=("--n", "600", "--minibatches", "30"),
           relion=("relion_refine",), with_relion=True, work="--out"),
     Bench("refine3d", quick=("--n", "400", "--max-iterations", "4"), work="--out"),
+    Bench("tutorial_template", threads=False, work="--work", full_only=True),
 )
 
 
@@ -125,6 +127,8 @@ def machine(threads: int) -> str:
 def run_bench(bench: Bench, *, quick: bool, threads: int, logs: Path, work: Path
               ) -> tuple[list[dict[str, Any]], str]:
     """Run one benchmark; its rows and a status (``ok``, or why it was skipped / failed)."""
+    if quick and bench.full_only:
+        return [], "skipped at --quick (full size only)"
     missing = [p for p in bench.needs if shutil.which(p) is None]
     if missing:
         return [], f"skipped: {', '.join(missing)} not installed (apt-get install relion)"
