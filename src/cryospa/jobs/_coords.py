@@ -1,11 +1,19 @@
-"""Where coordinate files go: RELION's layout of per-micrograph coordinate STAR files."""
+"""Shared by the picking jobs: where coordinate files go (RELION's layout) and their plots."""
 
 from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
 
-__all__ = ["coordinate_file_name"]
+from cryospa.project.schema import Param
+
+__all__ = ["PICK_PLOTS_PARAM", "coordinate_file_name"]
+
+#: ``--plots N`` of the picking jobs.
+PICK_PLOTS_PARAM = Param(
+    "plots", int, 5, range=(-1, None), metavar="N",
+    help="draw the picks on this many micrographs (the first ones of the set); -1: all, 0: none",
+)
 
 _JOB_FOLDER = re.compile(r"job\d{3}")
 

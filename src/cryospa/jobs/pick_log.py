@@ -42,7 +42,7 @@ from cryospa.io._files import write_text_atomic
 from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import read_mrc
 from cryospa.io.star import pixel_size_angstrom, write_star
-from cryospa.jobs._coords import coordinate_file_name
+from cryospa.jobs._coords import PICK_PLOTS_PARAM, coordinate_file_name
 from cryospa.jobs._sets import item_info, list_cached, read_input_set
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
@@ -113,9 +113,7 @@ class PickLog(PerItemJob):
         Param("min_distance", float, 0.0, unit="Å", range=(0, None),
               help="minimum distance between picks; 0: as RELION, half the sum of the "
               "detected and the minimum diameter"),
-        Param("plots", int, 5, range=(-1, None), metavar="N",
-              help="draw the picks on this many micrographs (the first ones of the set); -1: "
-              "all, 0: none"),
+        PICK_PLOTS_PARAM,
         DEVICE_PARAM,
     )
     outputs = (Output("coordinates", NodeType.COORDINATES, "coordinates.star"),)

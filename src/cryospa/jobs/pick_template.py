@@ -52,7 +52,7 @@ from cryospa.errors import InputFileError, ParameterError
 from cryospa.io.coords import write_coordinates_star
 from cryospa.io.mrc import ImageStack, read_images, read_mrc
 from cryospa.io.star import joined, read_relion_star, read_star
-from cryospa.jobs._coords import coordinate_file_name
+from cryospa.jobs._coords import PICK_PLOTS_PARAM, coordinate_file_name
 from cryospa.jobs._sets import item_info, list_cached, read_input_set
 from cryospa.jobs.pick_log import SUFFIX, PickLog
 from cryospa.project.nodes import NodeType
@@ -369,9 +369,7 @@ class PickTemplate(PerItemJob):
               help="drop picks whose surroundings (one to two particle radii) vary more than "
               "this many times the median over the micrograph (aggregates, ice, carbon; e.g. "
               "1.5); 0: no limit", relion="maxstddevnoise_autopick"),
-        Param("plots", int, 5, range=(-1, None), metavar="N",
-              help="draw the picks on this many micrographs (the first ones of the set); -1: "
-              "all, 0: none"),
+        PICK_PLOTS_PARAM,
         DEVICE_PARAM,
     )
     outputs = (Output("coordinates", NodeType.COORDINATES, "coordinates.star"),)
