@@ -6,14 +6,17 @@ and junk centre (labels known; see tests/jobs/junk_data.py), classifies them wit
 ``cryospa class2d`` and with ``relion_refine`` 2D (same classes, iterations, T, mask, sampling,
 threads), runs ``cryospa select --auto`` on both classifications (select reads RELION's
 optimiser STAR file), and prints a Markdown table: wall time of the classification, fraction of
-the junk in rejected classes (per junk type), fraction of the molecules kept, purity of the kept
+the junk in rejected classes, fraction of the junk not in the selected particles (rejected
+classes, and the broken particles ``--particle-sigma`` drops from kept classes; per junk type),
+fraction of the molecules kept, purity of the kept
 classes (the smallest over kept classes holding >= 1 % of the particles, molecules only), and the
 resolution at which the kept class averages match the true projections of their members (FRC
 0.5, median over kept classes; the junk members are left out of the true projections).
 Usage::
 
     python bench/bench_select.py [--micrographs 30] [--per-micrograph 100] [--junk 0.15]
-        [--classes 20] [--iterations 25] [--threads 2] [--skip-relion] [--work DIR]
+        [--classes 20] [--iterations 25] [--threads 2] [--class-seed 1] [--skip-relion]
+        [--work DIR]
 """
 
 from __future__ import annotations
@@ -108,15 +111,19 @@ def evaluate(project: Project, optimiser: str, labels: np.ndarray, truth: Path,
     data = read_relion_star(data_path, "particles").data
     assigned = data["rlnClassNumber"].to_numpy(dtype=int)
     in_kept = np.isin(assigned, list(kept))
+    chosen = read_relion_star(project.root / sel.dir / "particles.star", "particles").data
+    selected = np.isin(data["rlnImageName"].to_numpy(), chosen["rlnImageName"].to_numpy())
     junk, molecules = labels < 0, labels > 0
     out: dict[str, float] = {
-        "junk_rejected": float((junk & ~in_kept).sum() / max(1, junk.sum())),
-        "molecules_kept": float((molecules & in_kept).sum() / max(1, molecules.sum())),
+        "junk_rejected_classes": float((junk & ~in_kept).sum() / max(1, junk.sum())),
+        "junk_rejected": float((junk & ~selected).sum() / max(1, junk.sum())),
+        "molecules_kept": float((molecules & selected).sum() / max(1, molecules.sum())),
+        "molecules_in_kept_classes": float((molecules & in_kept).sum() / max(1, molecules.sum())),
         "kept_classes": len(kept),
     }
     for code, name in JUNK_NAMES.items():
         sel_j = labels == code
-        out[f"rejected_{name}"] = float((sel_j & ~in_kept).sum() / max(1, sel_j.sum()))
+        out[f"rejected_{name}"] = float((sel_j & ~selected).sum() / max(1, sel_j.sum()))
     good = molecules & in_kept
     purity = class_purity(assigned[good], labels[good])
     out["purity_min"] = min(p for c, (n, p) in purity.items() if n >= 0.01 * assigned.size)
@@ -150,7 +157,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=25)
     parser.add_argument("--diameter", type=float, default=200.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--seed", type=int, default=11, help="simulation seed")
+    parser.add_argument("--class-seed", type=int, default=1,
+                        help="random seed of both classifications")
     parser.add_argument("--skip-relion", action="store_true")
     parser.add_argument("--work", type=Path, default=None)
     add_json_option(parser)
@@ -164,7 +173,8 @@ def main() -> None:
     rows = {}
     cmd = [sys.executable, "-m", "cryospa", "class2d", "--particles", ext, "--classes",
            str(args.classes), "--iterations", str(args.iterations), "--particle-diameter",
-           str(args.diameter), "--threads", str(args.threads), "--device", "cpu", "--seed", "1"]
+           str(args.diameter), "--threads", str(args.threads), "--device", "cpu", "--seed",
+           str(args.class_seed)]
     wall, rss, _ = timed(cmd, project.root, args.threads)
     c2d = max(j.id for j in project.jobs())
     rows["cryospa"] = {"wall": wall, "rss": rss, **evaluate(
@@ -176,29 +186,32 @@ def main() -> None:
                "--particle_diameter", str(args.diameter), "--psi_step", "12",
                "--offset_range", "5", "--offset_step", "2", "--oversampling", "1", "--ctf",
                "--zero_mask", "--flatten_solvent", "--j", str(args.threads),
-               "--dont_combine_weights_via_disc", "--pool", "30", "--random_seed", "1"]
+               "--dont_combine_weights_via_disc", "--pool", "30", "--random_seed",
+               str(args.class_seed)]
         wall, rss, _ = timed(cmd, project.root, args.threads)
         rows["RELION 3.1"] = {"wall": wall, "rss": rss, **evaluate(
             project, f"Relion/run_it{args.iterations:03d}_optimiser.star", labels, truth, sim)}
     print(f"\n{labels.size} particles (box 64, 3.54 Å/px, {100 * args.junk:.0f} % junk), "
           f"K={args.classes}, {args.iterations} iterations, {args.threads} threads; "
           "selection: cryospa select --auto on each classification\n")
-    print("| classification | wall | peak memory | junk rejected (aggregates / broken / ice) "
-          "| molecules kept | purity of kept classes | FRC 0.5 vs truth (median / best) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| classification | wall | peak memory | junk in rejected classes | junk not selected "
+          "(aggregates / broken / ice) | molecules in kept classes / selected | purity of kept "
+          "classes | FRC 0.5 vs truth (median / best) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['wall']:.0f} s | {r['rss']:.0f} MB | "
+              f"{100 * r['junk_rejected_classes']:.0f} % | "
               f"{100 * r['junk_rejected']:.0f} % ({100 * r['rejected_aggregates']:.0f} / "
               f"{100 * r['rejected_broken']:.0f} / {100 * r['rejected_ice']:.0f} %) | "
-              f"{100 * r['molecules_kept']:.1f} % | {r['purity_min']:.3f} | "
-              f"{r['frc_median']:.1f} / {r['frc_best']:.1f} Å |")
+              f"{100 * r['molecules_in_kept_classes']:.1f} / {100 * r['molecules_kept']:.1f} % | "
+              f"{r['purity_min']:.3f} | {r['frc_median']:.1f} / {r['frc_best']:.1f} Å |")
 
     def figures(r: dict[str, float] | None) -> dict[str, object] | None:
         if r is None:
             return None
-        return side(r["wall"], r["rss"], f"junk rejected {100 * r['junk_rejected']:.0f} %, "
-                    f"molecules kept {100 * r['molecules_kept']:.0f} %, kept purity "
-                    f"{r['purity_min']:.3f}")
+        return side(r["wall"], r["rss"], f"junk rejected {100 * r['junk_rejected']:.0f} % "
+                    f"({100 * r['junk_rejected_classes']:.0f} % by classes), molecules kept "
+                    f"{100 * r['molecules_kept']:.0f} %, kept purity {r['purity_min']:.3f}")
 
     write_rows(args.json, [result_row(
         "2D classification + select --auto (junk)", f"{labels.size} particles, "

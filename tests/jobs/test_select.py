@@ -141,6 +141,108 @@ def test_auto_keeps_the_classes_of_clean_data(
     assert big.sum() >= 2
     assert (scores["rlnSelected"][big] == 1).all(), scores
     assert "kept" in record.summary and "auto" in record.summary
+    # whole particles: their amplitudes sit around their class's, few are dropped
+    out = project.root / record.dir
+    particles = read_star(out / "particle_scores.star")["particle_scores"]
+    assert np.median(particles["particleAmplitude"]) == pytest.approx(1.0, abs=0.3)
+    assert np.median(particles["particleRelativeWeakestHalf"]) == pytest.approx(1.0, abs=0.02)
+    assert (particles["particleWeakestHalf"] < particles["particleAmplitude"]).mean() > 0.9
+    dropped = int((particles["rlnSelected"] == 0).sum())
+    assert dropped <= 0.03 * len(particles)
+    kept = read_relion_star(out / "particles.star", "particles").data
+    assert len(kept) == len(particles) - dropped
+    assert int(scores["particlesDropped"].sum()) == dropped
+    assert (out / "particle_amplitudes.png").stat().st_size > 0
+
+
+def _cut(images: torch.Tensor, offsets_px: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Keep one side of a straight soft cut through each particle's centre (a broken particle)."""
+    n = images.shape[-1]
+    c = torch.arange(n, dtype=torch.float32) - n // 2
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    # the particle's centre in the raw image is at -origin
+    dx = xx[None] + offsets_px[:, 0, None, None]
+    dy = yy[None] + offsets_px[:, 1, None, None]
+    side = dx * torch.cos(angle)[:, None, None] + dy * torch.sin(angle)[:, None, None]
+    return images * torch.sigmoid(side / 1.5)
+
+
+def test_broken_particles_hold_less_of_their_class(
+        classified: tuple[Project, JobRecord, Path]) -> None:
+    from cryospa.core.masks import soft_circle
+    from cryospa.engine.amplitude import ParticleAmplitudes, signal_amplitudes
+    from cryospa.engine.data import TensorParticles
+    from cryospa.jobs.class2d import StarParticles
+    from cryospa.jobs.particles import load_particles
+
+    project, c2d, _ = classified
+    data_star = project.root / c2d.dir / "run_data.star"
+    data = read_relion_star(data_star, "particles").data
+    source = StarParticles(load_particles(data_star))
+    index = torch.arange(len(data))
+    images, ctfs = source.load(index, torch.device("cpu"), ctf=True)
+    averages, _ = read_mrc(project.root / c2d.dir / "run_it005_classes.mrcs")
+    apix = source.pixel_size_angstrom
+    classes = torch.from_numpy(data["rlnClassNumber"].to_numpy(dtype=np.int64) - 1)
+    psi = torch.from_numpy(data["rlnAnglePsi"].to_numpy(dtype=np.float32))
+    offsets = torch.from_numpy(
+        data[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(dtype=np.float32) / apix)
+    mask = soft_circle(images.shape[-1], 100.0 / apix, edge_width_px=5)
+    refs = torch.from_numpy(averages)
+
+    def amplitudes(imgs: torch.Tensor, psi_sign: float = 1.0,
+                   offset_sign: float = 1.0) -> ParticleAmplitudes:
+        return signal_amplitudes(TensorParticles(imgs, apix, ctfs), refs, index, classes,
+                                 psi_sign * psi, offset_sign * offsets, mask, ctf=True)
+
+    intact = amplitudes(images)
+    whole = intact.amplitude
+    assert float(whole.median()) == pytest.approx(1.0, abs=0.3)
+    assert float(intact.error.median()) < 0.15
+    # the two halves on either side of a line make up the whole (inverse-variance weighted)
+    halves, weight = intact.halves, intact.half_errors ** -2
+    assert torch.isfinite(halves).all() and halves.shape == (len(data), 8)
+    pairs = (halves * weight).reshape(-1, 2, 4).sum(1) / weight.reshape(-1, 2, 4).sum(1)
+    torch.testing.assert_close(pairs, whole[:, None].expand(-1, 4), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(weight.reshape(-1, 2, 4).sum(1),
+                               (intact.error ** -2)[:, None].expand(-1, 4), rtol=1e-3,
+                               atol=0)
+    # with the angle or the origin of the other convention the average fits worse: the
+    # conventions are the classification's
+    for wrong in (amplitudes(images, psi_sign=-1).amplitude,
+                  amplitudes(images, offset_sign=-1).amplitude):
+        assert float(wrong.median()) < 0.9 * float(whole.median())
+        assert float((wrong < whole).float().mean()) > 0.7
+    angle = torch.rand(len(data), generator=torch.Generator().manual_seed(0)) * 2 * np.pi
+    broken = amplitudes(_cut(images, offsets, angle))
+    ratio = broken.amplitude / whole
+    # half a particle holds about half of its class's signal, and its missing side none
+    assert float(ratio.median()) == pytest.approx(0.5, abs=0.15)
+    assert float((ratio < 0.8).float().mean()) >= 0.8
+    assert float(broken.weakest_half.median()) < 0.25 * float(intact.weakest_half.median())
+
+
+def test_particle_outliers_normalise_by_class_and_micrograph() -> None:
+    from cryospa.jobs.select import particle_outliers
+
+    rng = np.random.default_rng(1)
+    n = 2000
+    classes = rng.integers(1, 5, n)
+    mics = rng.integers(0, 20, n)
+    scale = np.array([0.0, 1.0, 1.5, 0.7, 2.0])[classes] * (0.8 + 0.02 * mics)
+    amplitude = scale * rng.normal(1.0, 0.05, n)
+    broken = rng.random(n) < 0.05
+    amplitude[broken] *= 0.6
+    out = particle_outliers(amplitude, classes, mics, 3.0)
+    assert np.median(out["relative"]) == pytest.approx(1.0, abs=0.01)
+    assert out["outlier"][broken].mean() > 0.95
+    assert out["outlier"][~broken].mean() < 0.01
+    # without the micrograph normalisation the micrograph scales blur the distribution
+    plain = particle_outliers(amplitude, classes, None, 3.0)
+    assert plain["outlier"][broken].mean() < out["outlier"][broken].mean()
+    # unknown amplitudes are never outliers
+    amplitude[:5] = np.nan
+    assert not particle_outliers(amplitude, classes, mics, 3.0)["outlier"][:5].any()
 
 
 def test_bad_choices_are_refused(classified: tuple[Project, JobRecord, Path]) -> None:
@@ -265,16 +367,26 @@ def test_junk_lands_in_rejected_classes(simulated: Callable[..., Path], tmp_path
     kept_classes = set(kept["rlnClassNumber"].astype(int))
     in_kept = np.isin(assigned, list(kept_classes))
     junk = labels < 0
-    # the issue asks for 80 %: reached with class2d seed 1 (83.5 %), 77 % with seed 0 (broken
-    # particles that keep most of a particle land in good classes); see bench/bench_select.py
-    assert (junk & ~in_kept).sum() >= 0.75 * junk.sum()
+    # by classes alone 74-83 % by seed: broken particles that keep most of a particle land in
+    # good classes; see bench/bench_select.py
+    assert (junk & ~in_kept).sum() >= 0.7 * junk.sum()
     aggregates_and_ice = (labels == -1) | (labels == -3)
     assert (aggregates_and_ice & ~in_kept).sum() >= 0.9 * aggregates_and_ice.sum()
     molecules = labels > 0
     purity = class_purity(assigned[molecules & in_kept], labels[molecules & in_kept])
     assert all(p >= 0.95 for _, p in purity.values()), purity
-    # most of the good particles are kept
-    assert (molecules & in_kept).sum() >= 0.8 * molecules.sum()
+    # --particle-sigma (3 with --auto) then drops most broken particles of the kept classes
+    names = read_relion_star(project.root / c2d.dir / "run_data.star",
+                             "particles").data["rlnImageName"].to_numpy()
+    selected = np.isin(names, read_relion_star(project.root / sel.dir / "particles.star",
+                                               "particles").data["rlnImageName"].to_numpy())
+    assert not (selected & ~in_kept).any()
+    broken = labels == -2
+    assert (broken & ~selected).sum() >= (broken & ~in_kept).sum() + 0.5 * (broken & in_kept).sum()
+    assert (junk & ~selected).sum() >= 0.85 * junk.sum()  # the issue asks for 80 %
+    # most of the good particles are kept, and few of the kept classes' are dropped
+    assert (molecules & selected).sum() >= 0.8 * molecules.sum()
+    assert (molecules & in_kept & ~selected).sum() <= 0.02 * (molecules & in_kept).sum()
 
 
 # --------------------------------------------------------------------------------------

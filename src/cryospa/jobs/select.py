@@ -29,6 +29,19 @@ and the particles STAR file (each particle's class).
   When no class reaches ``--min-score`` the job is refused before anything is written: the
   message names the threshold, the best class's score and the features that held it down.
 
+  Then, within the kept classes, particles that do not hold their whole class are dropped
+  (``--particle-sigma``, 3 by default with ``--auto``). A broken particle that keeps most of a
+  particle lands in the class of its view, so no class score can find it, but one side of it
+  lacks the class average's density. For each particle, the signal amplitude relative to its
+  class average at its assigned angle and origin (the noise-weighted least-squares scale of the
+  CTF-modulated average, :mod:`cryospa.engine.amplitude`) is measured in each half of the box on
+  either side of 4 lines through the centre; the weakest half (about 1 for a whole particle,
+  0.2-0.6 for a broken one) is divided by its class's median and then by its micrograph's
+  median (ice thickness), and particles more than ``--particle-sigma`` robust standard
+  deviations (1.4826 x the median absolute deviation) below the median are removed.
+  ``particle_scores.star`` lists every particle's whole and weakest-half amplitude, relative
+  value and deviation, ``particle_amplitudes.png`` their histogram with the threshold.
+
 * ``--class3d JOB --auto``: the best class of a 3D classification (a ``cryospa class3d`` job,
   or its ``run_data.star`` / ``run_itNNN_data.star`` with the model STAR file and the class maps
   next to it): among the classes holding at least a quarter of an equal share of the particles,
@@ -38,12 +51,14 @@ and the particles STAR file (each particle's class).
   ``refine3d``), ``class_scores.star`` / ``.txt`` (per class: particles, fraction, resolution,
   kept).
 
-Outputs (2D): ``particles.star`` (the particles of the kept classes, with their class, angle and
-origin, RELION 3.1), ``class_averages.star`` (the kept class averages, a ClassAverages set for
-``cryospa pick template`` and ``relion_autopick --ref``: its images block comes first, as that
-program reads only a file's first block), ``class_scores.star`` (per class: particles, features,
-sub-scores, score, selected), ``selected.png`` (the gallery with kept classes framed green,
-rejected red, and their scores) and ``class_scores.txt``.
+Outputs (2D): ``particles.star`` (the particles of the kept classes, less those dropped by
+``--particle-sigma``, with their class, angle and origin, RELION 3.1), ``class_averages.star``
+(the kept class averages, a ClassAverages set for ``cryospa pick template`` and
+``relion_autopick --ref``: its images block comes first, as that program reads only a file's
+first block), ``class_scores.star`` (per class: particles, features,
+sub-scores, score, particles dropped, selected), ``particle_scores.star`` and
+``particle_amplitudes.png`` (with ``--particle-sigma``), ``selected.png`` (the gallery with kept
+classes framed green, rejected red, and their scores) and ``class_scores.txt``.
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cryospa.engine.amplitude import ParticleAmplitudes
 from cryospa.errors import InputFileError, ParameterError
 from cryospa.io._files import write_text_atomic
 from cryospa.io.mrc import format_image_name, parse_image_name, read_mrc
@@ -63,6 +79,7 @@ from cryospa.io.star import RelionTable, read_relion_star, read_star, write_reli
 from cryospa.jobs.sets import parse_rows
 from cryospa.project.nodes import NodeType
 from cryospa.project.schema import (
+    DEVICE_PARAM,
     Input,
     JobContext,
     Output,
@@ -80,6 +97,7 @@ __all__ = [
     "auto_keep",
     "best_3d_class",
     "class_scores",
+    "particle_outliers",
     "read_classification",
     "read_classification_3d",
 ]
@@ -101,6 +119,10 @@ class ClassSet:
     pixel_size_angstrom: float
     particle_diameter_angstrom: float
     iteration: int
+    data_path: Path | None = None  # the particles STAR file
+    ctf_corrected: bool = True  # rlnDoCorrectCtf of the optimiser
+    intact_until_first_peak: bool = False  # rlnDoIgnoreCtfUntilFirstPeak
+    mask_edge_px: float = 5.0  # rlnWidthMaskEdge
 
     @property
     def n_classes(self) -> int:
@@ -161,7 +183,10 @@ def read_classification(optimiser: Path, project_dir: Path) -> ClassSet:
         diameter = 0.9 * images[0].shape[-1] * apix
     return ClassSet(model_path, particles, classes.reset_index(drop=True),
                     np.stack(images).astype(np.float32), apix, diameter,
-                    int(row.get("rlnCurrentIteration", 0)))
+                    int(row.get("rlnCurrentIteration", 0)), data_path=data_path,
+                    ctf_corrected=bool(int(row.get("rlnDoCorrectCtf", 1))),
+                    intact_until_first_peak=bool(int(row.get("rlnDoIgnoreCtfUntilFirstPeak", 0))),
+                    mask_edge_px=float(row.get("rlnWidthMaskEdge", 5)))
 
 
 def _ramp(value: np.ndarray, good: float, bad: float) -> np.ndarray:
@@ -247,6 +272,102 @@ def auto_keep(scores: pd.DataFrame, min_score: float) -> np.ndarray:
         "particles or iterations, fewer classes, a --particle-diameter that fits the particle); "
         "the sub-scores are explained in `cryospa select --help`"
     )
+
+
+#: Micrographs with fewer particles in the kept classes are not normalised by their median.
+_MIN_PER_MICROGRAPH = 10
+
+
+def particle_outliers(
+    amplitude: np.ndarray, classes: np.ndarray, micrographs: np.ndarray | None, n_sigma: float
+) -> pd.DataFrame:
+    """Particles whose signal amplitude is far below that of their class (``--particle-sigma``).
+
+    Parameters
+    ----------
+    amplitude
+        ``(P,)`` each particle's amplitude relative to its class average (the weakest half's,
+        :class:`cryospa.engine.amplitude.ParticleAmplitudes`); nan where unknown.
+    classes
+        ``(P,)`` class of each particle.
+    micrographs
+        ``(P,)`` micrograph of each particle (None: no per-micrograph normalisation).
+    n_sigma
+        Threshold in robust standard deviations below the median.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``relative`` (amplitude / class median / micrograph median), ``deviation`` (in robust
+        standard deviations from the median of ``relative``) and ``outlier`` (bool), one row per
+        particle. Particles with an unknown amplitude are never outliers.
+
+    """
+    beta = np.asarray(amplitude, dtype=np.float64)
+    classes = np.asarray(classes)
+    relative = np.full(beta.shape, np.nan)
+    for k in np.unique(classes):
+        rows = (classes == k) & np.isfinite(beta)
+        median = float(np.median(beta[rows])) if rows.any() else 0.0
+        if median > 0:
+            relative[rows] = beta[rows] / median
+    if micrographs is not None:
+        micrographs = np.asarray(micrographs)
+        for m in np.unique(micrographs):
+            rows = (micrographs == m) & np.isfinite(relative)
+            if rows.sum() >= _MIN_PER_MICROGRAPH:
+                relative[rows] /= float(np.median(relative[rows]))
+    known = np.isfinite(relative)
+    deviation = np.zeros(beta.shape)
+    if known.sum() >= 2:
+        centre = float(np.median(relative[known]))
+        sigma = 1.4826 * float(np.median(np.abs(relative[known] - centre)))
+        if sigma > 0:
+            deviation[known] = (relative[known] - centre) / sigma
+    return pd.DataFrame({"relative": relative, "deviation": deviation,
+                         "outlier": known & (deviation < -float(n_sigma))})
+
+
+def _amplitudes(cs: ClassSet, rows: np.ndarray, device_spec: str) -> ParticleAmplitudes:
+    """Signal amplitude of the particles ``rows`` of ``cs`` relative to their class average."""
+    import torch
+    from tqdm import tqdm
+
+    from cryospa.compute.device import resolve_device
+    from cryospa.core.masks import soft_circle
+    from cryospa.engine.amplitude import signal_amplitudes
+    from cryospa.jobs.class2d import StarParticles
+    from cryospa.jobs.particles import load_particles
+
+    assert cs.data_path is not None
+    device = resolve_device(device_spec)
+    particles = load_particles(cs.data_path)
+    if particles.box_size != cs.images.shape[-1]:
+        raise InputFileError(cs.data_path, f"the particles are {particles.box_size} px but the "
+                             f"class averages {cs.images.shape[-1]} px",
+                             "give the particles the classification was run on")
+    source = StarParticles(particles, intact_until_first_peak=cs.intact_until_first_peak)
+    ctf = cs.ctf_corrected and source.has_ctf
+    data = cs.particles.data.iloc[rows]
+    apix = cs.pixel_size_angstrom
+    offsets = np.zeros((len(rows), 2))
+    for i, axis in enumerate("XY"):
+        if f"rlnOrigin{axis}Angst" in data.columns:
+            offsets[:, i] = data[f"rlnOrigin{axis}Angst"].to_numpy(dtype=np.float64) / apix
+    psi = (data["rlnAnglePsi"].to_numpy(dtype=np.float64, copy=True)
+           if "rlnAnglePsi" in data.columns else np.zeros(len(rows)))
+    n = cs.images.shape[-1]
+    radius = cs.particle_diameter_angstrom / 2 / apix
+    mask = soft_circle(n, radius, edge_width_px=cs.mask_edge_px, device=device)
+    bar = tqdm(total=len(rows), desc="particle amplitudes", unit="particle")
+    try:
+        return signal_amplitudes(
+            source, torch.from_numpy(cs.images).to(device), torch.from_numpy(rows.copy()),
+            torch.from_numpy(data["rlnClassNumber"].to_numpy(dtype=np.int64, copy=True) - 1),
+            torch.from_numpy(psi).to(torch.float32), torch.from_numpy(offsets).to(torch.float32),
+            mask, ctf=ctf, progress=bar.update)
+    finally:
+        bar.close()
 
 
 def _class_choice(params: Mapping[str, Any], k: int) -> str:
@@ -409,6 +530,12 @@ class Select(PerItemJob):
         Param("min_score", float, 0.5, range=(0, 1), metavar="SCORE",
               help="with --auto: keep classes whose score (product of the feature sub-scores, "
               "0 to 1) is at least this", relion="rank_threshold"),
+        Param("particle_sigma", float, None, range=(0, 100), metavar="SIGMA",
+              help="2D: also drop particles of the kept classes whose signal amplitude relative "
+              "to their class average is more than this many robust standard deviations below "
+              "the median (broken particles, fragments); 0 keeps them all. Default: 3 with "
+              "--auto, 0 with --classes", relion=None),
+        DEVICE_PARAM,
     )
     outputs = (
         Output("particles", NodeType.PARTICLES, "particles.star"),
@@ -468,7 +595,16 @@ class Select(PerItemJob):
         scores["rlnSelected"] = keep.astype(np.int64)
         chosen = np.flatnonzero(keep) + 1
         table = cs.particles
-        data = table.data[table.data["rlnClassNumber"].isin(chosen)].reset_index(drop=True)
+        in_kept = table.data["rlnClassNumber"].isin(chosen).to_numpy()
+        sigma = ctx.params.get("particle_sigma")
+        sigma = (3.0 if ctx.params["auto"] else 0.0) if sigma is None else float(sigma)
+        dropped = np.zeros(len(table.data), dtype=bool)
+        if sigma > 0:
+            dropped = self._drop_particles(ctx, cs, np.flatnonzero(in_kept), sigma)
+        scores["particlesDropped"] = np.bincount(
+            table.data["rlnClassNumber"].to_numpy(dtype=np.int64)[dropped] - 1,
+            minlength=k)[:k].astype(np.int64)
+        data = table.data[in_kept & ~dropped].reset_index(drop=True)
         used = set(data["rlnOpticsGroup"].tolist())
         optics = table.optics[table.optics["rlnOpticsGroup"].isin(used)].reset_index(drop=True)
         write_relion_star(ctx.path("particles.star"), RelionTable("particles", data, optics))
@@ -510,7 +646,49 @@ class Select(PerItemJob):
             f"{len(table.data)} particles kept",
         )
         return {"classes": [int(c) for c in chosen], "n_classes": k, "kept": len(data),
-                "of": len(table.data), "mode": "auto" if ctx.params["auto"] else "classes"}
+                "of": len(table.data), "mode": "auto" if ctx.params["auto"] else "classes",
+                "dropped": int(dropped.sum())}
+
+    @staticmethod
+    def _drop_particles(ctx: JobContext, cs: ClassSet, rows: np.ndarray,
+                        sigma: float) -> np.ndarray:
+        """``--particle-sigma``: (N,) bool, the particles of ``rows`` to drop; writes why."""
+        data = cs.particles.data
+        measured = _amplitudes(cs, rows, str(ctx.params["device"]))
+        weakest = measured.weakest_half.numpy()
+        sub = data.iloc[rows]
+        micrographs = (sub["rlnMicrographName"].astype(str).to_numpy()
+                       if "rlnMicrographName" in sub.columns else None)
+        found = particle_outliers(weakest, sub["rlnClassNumber"].to_numpy(), micrographs, sigma)
+        table = pd.DataFrame({
+            "rlnImageName": sub["rlnImageName"].to_numpy(),
+            "rlnClassNumber": sub["rlnClassNumber"].to_numpy(dtype=np.int64),
+            "particleAmplitude": measured.amplitude.numpy(),
+            "particleWeakestHalf": weakest,
+            "particleRelativeWeakestHalf": found["relative"].to_numpy(),
+            "particleDeviationSigma": found["deviation"].to_numpy(),
+            "rlnSelected": (~found["outlier"].to_numpy()).astype(np.int64),
+        })
+        write_star(ctx.path("particle_scores.star"), {"particle_scores": table})
+        relative = found["relative"].to_numpy()
+        known = np.isfinite(relative)
+        threshold = float("nan")
+        if known.any():
+            centre = float(np.median(relative[known]))
+            spread = 1.4826 * float(np.median(np.abs(relative[known] - centre)))
+            threshold = centre - sigma * spread
+            from cryospa.plots.classes import plot_amplitude_histogram
+
+            plot_amplitude_histogram(
+                ctx.path("particle_amplitudes.png"), relative, threshold,
+                title=f"{int(found['outlier'].sum())} of {len(rows)} particles of the kept "
+                f"classes below {threshold:.2f} ({sigma:g} robust s.d. below the median)")
+        ctx.log(f"--particle-sigma {sigma:g}: dropped {int(found['outlier'].sum())} of "
+                f"{len(rows)} particles of the kept classes (relative weakest-half amplitude below "
+                f"{threshold:.3f}); see particle_scores.star and particle_amplitudes.png")
+        dropped = np.zeros(len(data), dtype=bool)
+        dropped[rows[found["outlier"].to_numpy()]] = True
+        return dropped
 
     def _select_3d(self, ctx: JobContext) -> dict[str, Any]:
         cs = read_classification_3d(ctx.abs(ctx.input("class3d").path))
@@ -553,14 +731,17 @@ class Select(PerItemJob):
         r = results[0][1]
         line = (f"kept {len(r['classes'])} of {r['n_classes']} classes ({r['mode']}): "
                 f"{r['kept']} of {r['of']} particles")
+        if r.get("dropped"):
+            line += f" ({r['dropped']} dropped by --particle-sigma)"
         if "map_class" in r:
             line += f"; map of 3D class {r['map_class']} ({r['resolution']:.1f} Å)"
         return line
 
 
 def _score_text(scores: pd.DataFrame) -> str:
+    dropped = "particlesDropped" in scores.columns
     lines = ["class  particles  resolution  res.ratio  contrast  edge  centring | size  res  "
-             "contr  edge  centr | score  kept"]
+             "contr  edge  centr | score  kept" + ("  dropped" if dropped else "")]
     order = np.argsort(-scores["rlnClassScore"].to_numpy(), kind="stable")
     for i in order:
         r = scores.iloc[i]
@@ -571,6 +752,7 @@ def _score_text(scores: pd.DataFrame) -> str:
             f"  {float(r['featureContrastRatio']):8.2f}  {float(r['featureEdgeRatio']):4.2f}  "
             f"{float(r['featureCentreOffset']):8.2f} | "
             + "  ".join(f"{float(r['score' + f.capitalize()]):4.2f}" for f in FEATURES)
-            + f" | {float(r['rlnClassScore']):5.2f}  {'yes' if r['rlnSelected'] else 'no'}"
+            + f" | {float(r['rlnClassScore']):5.2f}  {'yes' if r['rlnSelected'] else 'no '}"
+            + (f"  {int(r['particlesDropped']):7d}" if dropped else "")
         )
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Gallery of 2D class averages, largest class first."""
+"""Gallery of 2D class averages (largest class first); particles' amplitudes in their classes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 from cryospa.plots._figure import plt, save_figure
 
-__all__ = ["class_gallery", "gallery_order"]
+__all__ = ["class_gallery", "gallery_order", "plot_amplitude_histogram"]
 
 
 def gallery_order(fractions: np.ndarray) -> np.ndarray:
@@ -87,3 +87,42 @@ def class_gallery(
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return order
+
+
+def plot_amplitude_histogram(
+    path: str | os.PathLike[str], relative: np.ndarray, threshold: float, *, title: str = ""
+) -> None:
+    """Save a PNG histogram of particles' signal amplitudes relative to their class average.
+
+    Parameters
+    ----------
+    path
+        Output PNG.
+    relative
+        ``(P,)`` amplitude (of the weakest half) of each particle relative to its class's and
+        micrograph's median (1 = a whole particle of its class).
+    threshold
+        Particles below it are removed (a vertical line).
+    title
+        Figure title.
+    """
+    values = np.asarray(relative, dtype=float)
+    values = values[np.isfinite(values)]
+    fig, ax = plt.subplots(figsize=(6.0, 3.2), dpi=110)
+    if values.size:
+        lo = min(float(np.percentile(values, 0.5)), threshold) - 0.05
+        hi = float(np.percentile(values, 99.5)) + 0.05
+        edges = np.linspace(lo, max(hi, lo + 0.1), 61).tolist()
+        clipped = np.clip(values, edges[0], edges[-1])
+        ax.hist(clipped[clipped >= threshold], bins=edges, color="#4477aa", label="kept")
+        ax.hist(clipped[clipped < threshold], bins=edges, color="#cc3311",
+                label="removed (below the threshold)")
+    ax.axvline(threshold, color="#cc3311", lw=1.2, ls="--", label=f"threshold {threshold:.2f}")
+    ax.set_xlabel("weakest-half amplitude relative to the class's (1 = a whole particle)")
+    ax.set_ylabel("particles")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
