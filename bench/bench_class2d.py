@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _rows import add_json_option, row, side, write_rows  # noqa: E402
+from _run import timed  # noqa: E402
 
 from cryospa.engine import iterate, load_checkpoint  # noqa: E402
 from cryospa.engine.em2d import Class2DOptions  # noqa: E402
@@ -57,26 +58,6 @@ if not BETAGAL.is_file():
     BETAGAL = Path("/work/shared/data/maps/betagal_relion1x_test/ref_model.mrc")
 
 
-def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float, str]:
-    """Run ``cmd``; return (wall seconds, peak RSS in MB of the command, its stdout)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE",
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    wrapper = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, "
-        "text=True); w = time.perf_counter() - t; "
-        "sys.stderr.write(r.stderr if r.returncode else ''); "
-        "sys.stdout.write(r.stdout); "
-        "print('@@', w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
-        "sys.exit(r.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], cwd=cwd, env=env,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    last = [line for line in out.stdout.splitlines() if line.startswith("@@")][-1]
-    _, wall, rss = last.split()
-    return float(wall), float(rss), out.stdout
 
 
 def simulate(work: Path, args: argparse.Namespace) -> Path:
@@ -134,7 +115,7 @@ def run_cryospa(
         cmd = [c for i, c in enumerate(cmd) if c != "--iterations"
                and (i == 0 or cmd[i - 1] != "--iterations")]
         cmd += ["--vdam", "--minibatches", str(minibatches)]
-    wall, rss, _ = timed(cmd, proj, args.threads)
+    wall, rss = timed(cmd, proj, args.threads)
     job = proj / "Class2D" / "job002"
     last = f"run_it{(minibatches or args.iterations):03d}"
     out = {"wall": wall, "rss": rss, **quality(sim, job / f"{last}_data.star",
@@ -158,7 +139,7 @@ def run_relion(sim: Path, args: argparse.Namespace) -> dict[str, float]:
            "--oversampling", "1", "--ctf", "--zero_mask", "--flatten_solvent", "--j",
            str(args.threads), "--dont_combine_weights_via_disc", "--pool", "30",
            "--random_seed", str(args.seed)]
-    wall, rss, _ = timed(cmd, sim, args.threads)
+    wall, rss = timed(cmd, sim, args.threads)
     last = f"run_it{args.iterations:03d}"
     return {"wall": wall, "rss": rss, "per_iteration": wall / args.iterations,
             **quality(sim, out_dir / f"{last}_data.star", out_dir / f"{last}_classes.mrcs")}

@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _rows import add_json_option, row, side, write_rows  # noqa: E402
+from _run import timed  # noqa: E402
 
-from bench.bench_projection import timed  # noqa: E402
 from cryospa.io.star import read_relion_star  # noqa: E402
 
 REAL = Path(os.environ.get("CRYOSPA_SHARED_DATA", "/work/shared/data")) / "micrographs"

@@ -45,8 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _rows import add_json_option, row, side, write_rows  # noqa: E402
+from _run import timed  # noqa: E402
 
-from bench.bench_projection import fsc05, timed  # noqa: E402
+from bench.bench_projection import fsc05  # noqa: E402
 from cryospa.core.fourier import fourier_rescale  # noqa: E402
 from cryospa.io.coords import write_coordinates_star  # noqa: E402
 from cryospa.io.mrc import read_mrc, read_mrc_header  # noqa: E402

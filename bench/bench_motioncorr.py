@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from _rows import add_json_option, row, side, write_rows
+from _run import relion_env
 
 from cryospa.core.motion import polynomial_shift
 from cryospa.io.star import read_star
@@ -182,8 +183,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.n_movies is None:
         args.n_movies = 1 if args.big else 2
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env = relion_env(args.threads)
     import json
 
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _rows import add_json_option, row, side, write_rows  # noqa: E402
+from _run import timed  # noqa: E402
 
 from cryospa.io.mrc import read_mrc, write_mrc  # noqa: E402
 from cryospa.io.mtf import read_mtf  # noqa: E402
@@ -53,25 +54,6 @@ if not MTF.is_file():
     MTF = Path("/work/shared/data/star/mtf/mtf_k2_300kV.star")
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Run ``cmd``; return (wall seconds, peak RSS in MB of the command, its stdout)."""
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    wrapper = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, "
-        "text=True); w = time.perf_counter() - t; "
-        "sys.stderr.write(r.stderr if r.returncode else ''); "
-        "sys.stdout.write(r.stdout); "
-        "print('@@', w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
-        "sys.exit(r.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], cwd=cwd, env=env,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-    last = [line for line in out.stdout.splitlines() if line.startswith("@@")][-1]
-    _, wall, rss = last.split()
-    return float(wall), float(rss), out.stdout
 
 
 def general(path: Path) -> dict[str, float]:
@@ -124,12 +106,12 @@ def main() -> None:
     for k in (1, 2):
         out = f"R/run_half{k}_class001_unfil.mrc"
         if not (proj / out).is_file():
-            w, m, _ = timed(["relion_reconstruct", "--i", "particles_true.star", "--o", out,
+            w, m = timed(["relion_reconstruct", "--i", "particles_true.star", "--o", out,
                              "--ctf", "--subset", str(k)], proj)
             rows_rec.append(("relion_reconstruct", k, w, m))
         out = f"C/run_half{k}_class001_unfil.mrc"
         if not (proj / out).is_file():
-            w, m, _ = timed([sys.executable, "-m", "cryospa.cli.main", "reconstruct", "--i",
+            w, m = timed([sys.executable, "-m", "cryospa.cli.main", "reconstruct", "--i",
                              "particles_true.star", "--o", out, "--ctf", "--subset", str(k),
                              "--device", "cpu"], proj)
             rows_rec.append(("cryospa reconstruct", k, w, m))
@@ -138,7 +120,7 @@ def main() -> None:
 
     # ---- masks -------------------------------------------------------------------------
     mask_args = {"lowpass": "15", "threshold": "0.5", "extend": "3", "soft": "6"}
-    w_rm, m_rm, _ = timed(["relion_mask_create", "--i", "truth.mrc", "--o", "mask.mrc",
+    w_rm, m_rm = timed(["relion_mask_create", "--i", "truth.mrc", "--o", "mask.mrc",
                            "--lowpass", mask_args["lowpass"], "--ini_threshold",
                            mask_args["threshold"], "--extend_inimask", mask_args["extend"],
                            "--width_soft_edge", mask_args["soft"]], proj)
@@ -146,7 +128,7 @@ def main() -> None:
     if not any((proj / "Import").glob("job*")):
         subprocess.run([*cry, "import", "volume", "--map", "truth.mrc", "--alias", "truth"],
                        cwd=proj, check=True, capture_output=True)
-    w_cm, m_cm, _ = timed([*cry, "mask", "--volume", "truth", "--lowpass", mask_args["lowpass"],
+    w_cm, m_cm = timed([*cry, "mask", "--volume", "truth", "--lowpass", mask_args["lowpass"],
                            "--threshold", mask_args["threshold"], "--extend",
                            mask_args["extend"], "--soft-edge", mask_args["soft"], "--device",
                            "cpu"], proj)
@@ -175,11 +157,11 @@ def main() -> None:
             highres = "0" if key == "0" else f"{res['relion0']['resolution']:.3f}"
             tag = f"PP{folder}{key}"
             (proj / tag).mkdir(exist_ok=True)
-            w_r, m_r, _ = timed(["relion_postprocess", "--i", half1, "--mask", "mask.mrc",
+            w_r, m_r = timed(["relion_postprocess", "--i", half1, "--mask", "mask.mrc",
                                  "--auto_bfac", "--autob_lowres", "10", "--autob_highres",
                                  highres, "--mtf", "mtf.star", "--mtf_angpix",
                                  str(args.mtf_angpix), "--o", f"{tag}/postprocess"], proj)
-            w_c, m_c, _ = timed([*cry, "postprocess", "--half-maps", half1, "--mask",
+            w_c, m_c = timed([*cry, "postprocess", "--half-maps", half1, "--mask",
                                  "mask.mrc", "--mtf", "mtf.star", "--original-angpix",
                                  str(args.mtf_angpix), "--autob-highres", highres,
                                  "--device", "cpu"], proj)
@@ -267,11 +249,11 @@ def main() -> None:
             padded = window(torch.from_numpy(data), big).numpy()
             write_mrc(proj / "B" / Path(name).name, padded, voxel_size_angstrom=apix)
         (proj / "PPB").mkdir(exist_ok=True)
-        w_r, m_r, _ = timed(["relion_postprocess", "--i", "B/run_half1_class001_unfil.mrc",
+        w_r, m_r = timed(["relion_postprocess", "--i", "B/run_half1_class001_unfil.mrc",
                              "--mask", "B/mask.mrc", "--auto_bfac", "--mtf", "mtf.star",
                              "--mtf_angpix", str(args.mtf_angpix), "--o", "PPB/postprocess"],
                             proj)
-        w_c, m_c, _ = timed([*cry, "postprocess", "--half-maps",
+        w_c, m_c = timed([*cry, "postprocess", "--half-maps",
                              "B/run_half1_class001_unfil.mrc", "--mask", "B/mask.mrc", "--mtf",
                              "mtf.star", "--original-angpix", str(args.mtf_angpix),
                              "--device", "cpu"], proj)

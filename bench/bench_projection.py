@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,31 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _rows import add_json_option, row, side, write_rows  # noqa: E402
+from _run import timed  # noqa: E402
 
 from cryospa.core.fsc import fsc, resolution_at_threshold  # noqa: E402
 from cryospa.io.mrc import read_mrc, write_mrc  # noqa: E402
 from tests.synthetic import write_map_and_angles  # noqa: E402
-
-
-def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float]:
-    """Run ``cmd`` in a fresh process; return (wall seconds, peak RSS in MB) of the command."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    wrapper = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
-        "stderr=subprocess.PIPE, text=True); "
-        "w = time.perf_counter() - t; "
-        "sys.stderr.write(r.stderr if r.returncode else ''); "
-        "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
-        "sys.exit(r.returncode)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", wrapper, *cmd], cwd=cwd, env=env, capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr}")
-    wall, rss = out.stdout.split()
-    return float(wall), float(rss)
 
 
 def fsc05(a: np.ndarray, b: np.ndarray, apix: float) -> float:

@@ -22,7 +22,6 @@ true-map FSC 0.5 and median angular error, measured the same way.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ import mrcfile
 import numpy as np
 import torch
 from _rows import add_json_option, row, side, write_rows
+from _run import relion_env
 
 from cryospa.core.fsc import fsc, resolution_at_threshold
 from cryospa.core.rotations import angular_distance_degrees, euler_to_matrix
@@ -213,8 +213,7 @@ def run_relion(data: Path, args: argparse.Namespace, true_map: torch.Tensor, api
         shutil.rmtree(work)
     work.mkdir()
     write_mrc(data / "reference.mrc", true_map.numpy(), voxel_size_angstrom=apix)
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1",
+    env = dict(relion_env(), OMPI_MCA_rmaps_base_oversubscribe="1",
                OMPI_MCA_btl_vader_single_copy_mechanism="none")
     cmd = ["mpirun", "-n", "3", "relion_refine_mpi", "--i", "particles.star", "--ref",
            "reference.mrc", "--ini_high", str(args.ini_high), "--sym", args.sym,

@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 
 from _rows import add_json_option, side, write_rows  # noqa: E402
 from _rows import row as result_row  # noqa: E402
+from _run import timed  # noqa: E402
 
-from bench.bench_class2d import timed  # noqa: E402
 from cryospa.cli.main import main as cli  # noqa: E402
 from cryospa.io.mrc import read_mrc  # noqa: E402
 from cryospa.io.star import (  # noqa: E402
@@ -175,7 +175,7 @@ def main() -> None:
            str(args.classes), "--iterations", str(args.iterations), "--particle-diameter",
            str(args.diameter), "--threads", str(args.threads), "--device", "cpu", "--seed",
            str(args.class_seed)]
-    wall, rss, _ = timed(cmd, project.root, args.threads)
+    wall, rss = timed(cmd, project.root, args.threads)
     c2d = max(j.id for j in project.jobs())
     rows["cryospa"] = {"wall": wall, "rss": rss, **evaluate(
         project, f"Class2D/job{c2d:03d}/run_optimiser.star", labels, truth, sim)}
@@ -188,7 +188,7 @@ def main() -> None:
                "--zero_mask", "--flatten_solvent", "--j", str(args.threads),
                "--dont_combine_weights_via_disc", "--pool", "30", "--random_seed",
                str(args.class_seed)]
-        wall, rss, _ = timed(cmd, project.root, args.threads)
+        wall, rss = timed(cmd, project.root, args.threads)
         rows["RELION 3.1"] = {"wall": wall, "rss": rss, **evaluate(
             project, f"Relion/run_it{args.iterations:03d}_optimiser.star", labels, truth, sim)}
     print(f"\n{labels.size} particles (box 64, 3.54 Å/px, {100 * args.junk:.0f} % junk), "

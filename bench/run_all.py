@@ -36,6 +36,10 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from _run import relion_env  # noqa: E402
+
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
@@ -145,8 +149,7 @@ def run_bench(bench: Bench, *, quick: bool, threads: int, logs: Path, work: Path
         cmd.append("--relion")
     if bench.work:
         cmd += [bench.work, str(work / bench.name)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE",
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env = relion_env(threads)
     log = logs / f"{bench.name}.log"
     t = time.monotonic()
     with log.open("w") as f:
