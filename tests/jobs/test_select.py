@@ -245,6 +245,35 @@ def test_particle_outliers_normalise_by_class_and_micrograph() -> None:
     assert not particle_outliers(amplitude, classes, mics, 3.0)["outlier"][:5].any()
 
 
+def test_missing_particle_stack_is_refused_before_running(
+        classified: tuple[Project, JobRecord, Path]) -> None:
+    import shutil
+
+    project, c2d, _ = classified
+    fake = project.root / "Moved2D"
+    shutil.copytree(project.root / c2d.dir, fake)
+    data = read_relion_star(fake / "run_it005_data.star", "particles")
+    names = data.data["rlnImageName"].astype(str).tolist()
+    names[0] = names[0].split("@")[0] + "@Gone/stack.mrcs"
+    data.data["rlnImageName"] = names
+    write_relion_star(fake / "run_it005_data.star", data)
+    optimiser = read_star(fake / "run_it005_optimiser.star")
+    general = optimiser["optimiser_general"]
+    for column in ("rlnModelStarFile", "rlnExperimentalDataStarFile"):
+        general[column] = "Moved2D/" + Path(str(general[column].iloc[0])).name
+    write_star(fake / "run_it005_optimiser.star", optimiser)
+    n_jobs = len(project.jobs())
+    with pytest.raises(InputFileError, match=r"Gone/stack\.mrcs.*found neither"):
+        submit(project, get_job_type("select"), {"auto": True},
+               {"classes_from": ["Moved2D/run_it005_optimiser.star"]})
+    assert len(project.jobs()) == n_jobs
+    # --particle-sigma 0 does not read the images
+    record = submit(project, get_job_type("select"), {"auto": True, "particle_sigma": 0.0},
+                    {"classes_from": ["Moved2D/run_it005_optimiser.star"]})
+    assert record.status == "succeeded", record.error
+    assert not (project.root / record.dir / "particle_scores.star").exists()
+
+
 def test_bad_choices_are_refused(classified: tuple[Project, JobRecord, Path]) -> None:
     project, _, _ = classified
     for params, words in (({}, "--classes"), ({"classes": "1", "auto": True}, "either"),

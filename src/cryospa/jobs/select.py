@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cryospa.compute.device import resolve_device
 from cryospa.engine.amplitude import ParticleAmplitudes
 from cryospa.errors import InputFileError, ParameterError
 from cryospa.io._files import write_text_atomic
@@ -333,7 +334,6 @@ def _amplitudes(cs: ClassSet, rows: np.ndarray, device_spec: str) -> ParticleAmp
     import torch
     from tqdm import tqdm
 
-    from cryospa.compute.device import resolve_device
     from cryospa.core.masks import soft_circle
     from cryospa.engine.amplitude import signal_amplitudes
     from cryospa.jobs.class2d import StarParticles
@@ -368,6 +368,12 @@ def _amplitudes(cs: ClassSet, rows: np.ndarray, device_spec: str) -> ParticleAmp
             mask, ctf=ctf, progress=bar.update)
     finally:
         bar.close()
+
+
+def _particle_sigma(params: Mapping[str, Any]) -> float:
+    """``--particle-sigma``: as given, else 3 with ``--auto`` and 0 with ``--classes``."""
+    sigma = params.get("particle_sigma")
+    return (3.0 if params.get("auto") else 0.0) if sigma is None else float(sigma)
 
 
 def _class_choice(params: Mapping[str, Any], k: int) -> str:
@@ -573,8 +579,15 @@ class Select(PerItemJob):
             _class_choice(params, cs3.n_classes)
             return
         cs = read_classification(project_dir / inputs["classes_from"][0].path, project_dir)
-        if _class_choice(params, cs.n_classes) == "auto":
+        mode = _class_choice(params, cs.n_classes)
+        if mode == "auto":
             auto_keep(class_scores(cs), float(params["min_score"]))
+        if _particle_sigma(params) > 0:
+            from cryospa.jobs.particles import load_particles
+
+            assert cs.data_path is not None
+            load_particles(cs.data_path)  # the images --particle-sigma reads are all there
+            resolve_device(str(params["device"]))
 
     def list_items(self, ctx: JobContext) -> list[str]:
         """One item."""
@@ -596,8 +609,7 @@ class Select(PerItemJob):
         chosen = np.flatnonzero(keep) + 1
         table = cs.particles
         in_kept = table.data["rlnClassNumber"].isin(chosen).to_numpy()
-        sigma = ctx.params.get("particle_sigma")
-        sigma = (3.0 if ctx.params["auto"] else 0.0) if sigma is None else float(sigma)
+        sigma = _particle_sigma(ctx.params)
         dropped = np.zeros(len(table.data), dtype=bool)
         if sigma > 0:
             dropped = self._drop_particles(ctx, cs, np.flatnonzero(in_kept), sigma)
