@@ -45,8 +45,8 @@ from cryospa.io.star import read_star
 
 #: RELION thresholds (fraction of the expected probability ratio) scanned on its FOM maps.
 RELION_THRESHOLDS = (0.1, 0.25, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
-#: Our thresholds (normalised cross-correlation) besides the default.
-OUR_THRESHOLDS = (0.4, 0.45, 0.55, 0.6)
+#: Our fixed thresholds (normalised cross-correlation, --no-auto-threshold) besides the default.
+OUR_THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6)
 
 
 def newest(proj: Path, folder: str) -> Path:
@@ -122,15 +122,16 @@ def main() -> int:
                                            "job002", "--references", "job006", "--plots", "0",
                                            "--device", "cpu"])
         ours = newest(proj, "AutoPick")
-        rows.append(("cryospa pick template", "default (NCC 0.5)", wall, mem,
+        rows.append(("cryospa pick template", "default (each micrograph's split)", wall, mem,
                      accuracy(sim, picks_of(ours, names))))
         done = _item_results(proj, ours)
         min_dist = float(next(iter(done.values()))["diameter"])
         for t in () if args.no_scan else OUR_THRESHOLDS:
             cmd = ["cryospa", "pick", "template", "--micrographs", "job002", "--references",
-                   "job006", "--plots", "0", "--device", "cpu", "--threshold", f"{t:g}"]
+                   "job006", "--plots", "0", "--device", "cpu", "--threshold", f"{t:g}",
+                   "--no-auto-threshold"]
             measured(cmd, proj, env)
-            rows.append(("cryospa pick template", f"NCC {t:g}", None, None,
+            rows.append(("cryospa pick template", f"fixed NCC {t:g}", None, None,
                          accuracy(sim, picks_of(newest(proj, "AutoPick"), names))))
         if have_relion:
             mics = "CtfFind/job002/micrographs_ctf.star"

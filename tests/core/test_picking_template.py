@@ -14,6 +14,7 @@ from cryospa.core.ctf import ctf_2d
 from cryospa.core.fourier import fourier_rescale
 from cryospa.core.picking import (
     match_positions,
+    otsu_threshold,
     pick_template,
     psi_angles,
     reference_particle_diameter_angstrom,
@@ -191,6 +192,48 @@ def test_pick_template_finds_positions_classes_and_angles(
     # every pick is a candidate peak; the rest of the candidates are background
     assert len(picks.candidate_fom) > len(picks)
     assert int((picks.candidate_fom >= 0.45).sum()) == len(picks)
+
+
+def test_otsu_threshold_splits_two_groups_exactly() -> None:
+    rng = np.random.default_rng(0)
+    two = np.concatenate([rng.normal(0.17, 0.03, 60), rng.normal(0.55, 0.08, 40)])
+    t, separation = otsu_threshold(torch.from_numpy(two))
+    assert 0.25 < t < 0.4 and separation > 0.85
+    # exact: the best of every split between consecutive sorted values
+    v = np.sort(two)
+    between = [i / v.size * (1 - i / v.size) * (v[:i].mean() - v[i:].mean()) ** 2
+               for i in range(1, v.size)]
+    best = int(np.argmax(between))
+    assert t == pytest.approx(0.5 * (v[best] + v[best + 1]))
+    assert separation == pytest.approx(between[best] / v.var())
+    # one Gaussian group: about 2 / pi of the variance, below the 0.8 that makes a split
+    one = otsu_threshold(torch.from_numpy(rng.normal(0.2, 0.03, 5000)))[1]
+    assert one == pytest.approx(2 / math.pi, abs=0.02)
+    assert otsu_threshold(torch.tensor([])) == (-math.inf, 0.0)
+    assert otsu_threshold(torch.tensor([0.3, 0.3, 0.3])) == (pytest.approx(0.3), 0.0)
+
+
+def test_auto_threshold_follows_each_micrographs_contrast() -> None:
+    # faint particles: their correlation falls below a fixed 0.5, above the background's
+    mic, centres, _, _ = _micrograph(seed=4, n=20, noise=2.0)
+    opts = {"pixel_size_angstrom": APIX, "reference_pixel_size_angstrom": APIX,
+            "lowpass_angstrom": 12.0, "psi_step_degrees": 10.0, "particle_diameter_angstrom": 80.0,
+            "mask_diameter_angstrom": 90.0, "threshold": 0.5}
+    fixed = pick_template(mic, _references(), **opts)
+    auto = pick_template(mic, _references(), auto_threshold=True, **opts)
+    truth = torch.tensor(centres)
+    found_fixed = len(match_positions(fixed.xy, truth, max_distance=6.0)[0])
+    i, _ = match_positions(auto.xy, truth, max_distance=6.0)
+    # measured: 4 of 20 at 0.5; 17 of 20 (20 picks) at the split, 0.34
+    assert found_fixed <= len(centres) // 2, fixed.fom  # the fixed threshold misses particles
+    assert len(i) >= len(centres) - 4 and len(auto) <= len(i) + 3  # the split finds them
+    assert auto.separation is not None and auto.separation >= 0.8
+    assert auto.threshold < 0.5 and fixed.separation is None
+    # no particles: the candidates do not split, and --threshold holds
+    empty = 10.0 + 2.0 * torch.randn(512, 512, generator=torch.Generator().manual_seed(5))
+    none = pick_template(empty, _references(), auto_threshold=True, **opts)
+    assert none.separation is not None and none.separation < 0.8
+    assert none.threshold == 0.5 and len(none) == 0
 
 
 def test_pick_template_fom_is_a_local_correlation() -> None:

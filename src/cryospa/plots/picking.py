@@ -141,7 +141,8 @@ def plot_references(
 
 
 def plot_fom_histogram(
-    path: str | os.PathLike[str], edges: np.ndarray, counts: np.ndarray, threshold: float
+    path: str | os.PathLike[str], edges: np.ndarray, counts: np.ndarray, threshold: float,
+    *, thresholds: Sequence[float] | None = None, n_picked: int | None = None,
 ) -> None:
     """Save a PNG histogram of the figure of merit of candidate peaks, with the threshold.
 
@@ -154,7 +155,12 @@ def plot_fom_histogram(
     counts
         ``(m,)`` peaks per bin.
     threshold
-        The picking threshold (a vertical line; bins above it are picks).
+        The picking threshold (a vertical line; bins above it are picks); with ``thresholds``
+        their median.
+    thresholds
+        Each micrograph's own threshold (automatic thresholds): their range is shaded.
+    n_picked
+        The number of picks, for the title (default: the peaks in bins above ``threshold``).
     """
     edges = np.asarray(edges, dtype=float)
     counts = np.asarray(counts, dtype=float)
@@ -165,12 +171,19 @@ def plot_fom_histogram(
            color="#bbbbbb", label="below the threshold")
     ax.bar(edges[:-1][picked], counts[picked], width=width[picked], align="edge",
            color="#4477aa", label="picked")
-    ax.axvline(threshold, color="#cc3311", lw=1.2, label=f"threshold {threshold:g}")
+    if thresholds is not None and len(thresholds):
+        lo, hi = float(np.min(thresholds)), float(np.max(thresholds))
+        ax.axvspan(lo, hi, color="#cc3311", alpha=0.12,
+                   label=f"per-micrograph thresholds {lo:.2f} to {hi:.2f}")
+        ax.axvline(threshold, color="#cc3311", lw=1.2, label=f"median {threshold:.2f}")
+    else:
+        ax.axvline(threshold, color="#cc3311", lw=1.2, label=f"threshold {threshold:g}")
     ax.set_xlabel("figure of merit (normalised cross-correlation)")
     ax.set_ylabel("candidate peaks")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    ax.set_title(f"{int(counts.sum())} candidate peaks, {int(counts[picked].sum())} picked",
+    picks = int(counts[picked].sum()) if n_picked is None else int(n_picked)
+    ax.set_title(f"{int(counts.sum())} candidate peaks, {picks} picked",
                  fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
