@@ -14,6 +14,14 @@ broken particle or a fragment holds only part of the average's signal and has a 
 (about the fraction of the projected density it kept). The noise spectrum is estimated from the
 same particles, per optics group, as the mean power of the residuals ``X_i - CTF_i A`` per shell.
 
+A broken particle that keeps most of a particle is told better by where its signal is missing
+than by how much: the same estimate restricted to each half of the box on either side of a few
+lines through the centre (on the whitened images, image and model divided by ``sqrt(sigma2)``
+in Fourier space, where the noise is white and the sums are local) is about 1 in every half
+for a whole particle, and well below 1 in the half facing the missing part of a broken one
+(:attr:`ParticleAmplitudes.weakest_half`). The two halves on either side of a line make up the
+whole: their inverse-variance weighted mean is the whole particle's amplitude.
+
 RELION estimates a related per-group quantity (``rlnGroupScaleCorrection``, the intensity scale
 of a micrograph's particles relative to the reference) for its refinements; here it is per
 particle, for ``cryospa select --auto`` to find particles that do not hold their whole class.
