@@ -20,7 +20,9 @@ lines through the centre (on the whitened images, image and model divided by ``s
 in Fourier space, where the noise is white and the sums are local) is about 1 in every half
 for a whole particle, and well below 1 in the half facing the missing part of a broken one
 (:attr:`ParticleAmplitudes.weakest_half`). The two halves on either side of a line make up the
-whole: their inverse-variance weighted mean is the whole particle's amplitude.
+whole: their inverse-variance weighted mean is the whole particle's amplitude. All sums are
+taken on the whitened images in real space (by Parseval equal to the Fourier sums above), the
+whole particle's as the sum of two opposite halves'.
 
 RELION estimates a related per-group quantity (``rlnGroupScaleCorrection``, the intensity scale
 of a micrograph's particles relative to the reference) for its refinements; here it is per
@@ -95,6 +97,18 @@ def _predicted(
     return out
 
 
+def _estimate(cross: torch.Tensor, norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares amplitude ``cross / norm`` and its standard error ``1 / sqrt(norm)``.
+
+    ``cross = sum x p`` and ``norm = sum p^2`` over whitened images ``x`` and model ``p``; nan
+    where the model is zero. On the CPU.
+    """
+    ok = norm > 0
+    safe = norm.clamp_min(1e-300)
+    return (torch.where(ok, cross / safe, torch.nan).cpu(),
+            torch.where(ok, 1.0 / torch.sqrt(safe), torch.nan).cpu())
+
+
 def signal_amplitudes(
     source: ParticleSource,
     references: torch.Tensor,
@@ -161,7 +175,7 @@ def signal_amplitudes(
     half_errors = torch.full_like(halves, float("nan"))
     planes = half_planes(n, lines, device=device).reshape(2 * lines, -1).to(torch.float64)
     shells = subset.shell.to(device)
-    mult = subset.multiplicity.to(device)
+    mult = subset.multiplicity.to(device)  # the noise pass's full-FFT weights
 
     def batches() -> Iterator[tuple[int, torch.Tensor]]:
         for g in torch.unique(groups).tolist():
@@ -186,24 +200,17 @@ def signal_amplitudes(
                 residual[g].index_add_(0, shells, (diff * mult).sum(0).to(torch.float64))
                 count[g].index_add_(0, shells, mult.to(torch.float64) * len(rows))
                 continue
-            w = (mult / (2.0 * sigma2[g][shells])).to(torch.float64)
-            cross = (w * (batch.x.conj() * model).real.to(torch.float64)).sum(1)
-            norm = (w * (model.abs() ** 2).to(torch.float64)).sum(1)
-            ok = norm > 0
-            amplitude[rows] = torch.where(ok, cross / norm.clamp_min(1e-300),
-                                          torch.nan).cpu()
-            error[rows] = torch.where(ok, 1.0 / torch.sqrt(2.0 * norm.clamp_min(1e-300)),
-                                      torch.nan).cpu()
-            # whitened real-space images: the same sums, split by half-planes
+            # whitened real-space images (white noise): sums over each half-plane; the two
+            # halves on either side of a line add up to the whole particle's sums
             white = (1.0 / torch.sqrt(sigma2[g][shells])).to(torch.float32)
             x_r = centred_irfft(subset.scatter(batch.x * white), n).reshape(len(rows), -1)
             p_r = centred_irfft(subset.scatter(model * white), n).reshape(len(rows), -1)
-            half_cross = (x_r * p_r).to(torch.float64) @ planes.T
-            half_norm = (p_r * p_r).to(torch.float64) @ planes.T
-            halves[rows] = torch.where(half_norm > 0, half_cross / half_norm.clamp_min(1e-300),
-                                       torch.nan).cpu()
-            half_errors[rows] = torch.where(
-                half_norm > 0, 1.0 / torch.sqrt(half_norm.clamp_min(1e-300)), torch.nan).cpu()
+            cross = (x_r * p_r).to(torch.float64) @ planes.T  # (b, 2 lines)
+            norm = (p_r * p_r).to(torch.float64) @ planes.T
+            whole_cross = cross[:, 0] + cross[:, lines]
+            whole_norm = norm[:, 0] + norm[:, lines]
+            amplitude[rows], error[rows] = _estimate(whole_cross, whole_norm)
+            halves[rows], half_errors[rows] = _estimate(cross, norm)
             if progress is not None:
                 progress(len(rows))
     return ParticleAmplitudes(amplitude, error, halves, half_errors)
