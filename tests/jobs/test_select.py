@@ -235,6 +235,8 @@ def test_particle_outliers_normalise_by_class_and_micrograph() -> None:
     amplitude[broken] *= 0.6
     out = particle_outliers(amplitude, classes, mics, 3.0)
     assert np.median(out["relative"]) == pytest.approx(1.0, abs=0.01)
+    relative = out["relative"].to_numpy()
+    np.testing.assert_array_equal(out["outlier"], relative < out.attrs["threshold"])
     assert out["outlier"][broken].mean() > 0.95
     assert out["outlier"][~broken].mean() < 0.01
     # without the micrograph normalisation the micrograph scales blur the distribution

@@ -301,7 +301,9 @@ def particle_outliers(
     pandas.DataFrame
         ``relative`` (amplitude / class median / micrograph median), ``deviation`` (in robust
         standard deviations from the median of ``relative``) and ``outlier`` (bool), one row per
-        particle. Particles with an unknown amplitude are never outliers.
+        particle. Particles with an unknown amplitude are never outliers. ``attrs["threshold"]``
+        is the relative amplitude below which a particle is an outlier (nan when fewer than two
+        are known or they do not vary).
 
     """
     beta = np.asarray(amplitude, dtype=np.float64)
@@ -320,13 +322,17 @@ def particle_outliers(
                 relative[rows] /= float(np.median(relative[rows]))
     known = np.isfinite(relative)
     deviation = np.zeros(beta.shape)
+    threshold = float("nan")
     if known.sum() >= 2:
         centre = float(np.median(relative[known]))
         sigma = 1.4826 * float(np.median(np.abs(relative[known] - centre)))
         if sigma > 0:
             deviation[known] = (relative[known] - centre) / sigma
-    return pd.DataFrame({"relative": relative, "deviation": deviation,
-                         "outlier": known & (deviation < -float(n_sigma))})
+            threshold = centre - float(n_sigma) * sigma
+    out = pd.DataFrame({"relative": relative, "deviation": deviation,
+                        "outlier": known & (deviation < -float(n_sigma))})
+    out.attrs["threshold"] = threshold
+    return out
 
 
 def _amplitudes(cs: ClassSet, rows: np.ndarray, device_spec: str) -> ParticleAmplitudes:
@@ -682,17 +688,12 @@ class Select(PerItemJob):
             "rlnSelected": (~found["outlier"].to_numpy()).astype(np.int64),
         })
         write_star(ctx.path("particle_scores.star"), {"particle_scores": table})
-        relative = found["relative"].to_numpy()
-        known = np.isfinite(relative)
-        threshold = float("nan")
-        if known.any():
-            centre = float(np.median(relative[known]))
-            spread = 1.4826 * float(np.median(np.abs(relative[known] - centre)))
-            threshold = centre - sigma * spread
+        threshold = float(found.attrs["threshold"])
+        if np.isfinite(threshold):
             from cryospa.plots.classes import plot_amplitude_histogram
 
             plot_amplitude_histogram(
-                ctx.path("particle_amplitudes.png"), relative, threshold,
+                ctx.path("particle_amplitudes.png"), found["relative"].to_numpy(), threshold,
                 title=f"{int(found['outlier'].sum())} of {len(rows)} particles of the kept "
                 f"classes below {threshold:.2f} ({sigma:g} robust s.d. below the median)")
         ctx.log(f"--particle-sigma {sigma:g}: dropped {int(found['outlier'].sum())} of "
