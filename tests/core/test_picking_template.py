@@ -228,12 +228,12 @@ def test_auto_threshold_follows_each_micrographs_contrast() -> None:
     assert found_fixed <= len(centres) // 2, fixed.fom  # the fixed threshold misses particles
     assert len(i) >= len(centres) - 4 and len(auto) <= len(i) + 3  # the split finds them
     assert auto.separation is not None and auto.separation >= 0.8
-    assert auto.threshold < 0.5 and fixed.separation is None
+    assert auto.split and auto.threshold < 0.5 and fixed.separation is None and not fixed.split
     # no particles: the candidates do not split, and --threshold holds
     empty = 10.0 + 2.0 * torch.randn(512, 512, generator=torch.Generator().manual_seed(5))
     none = pick_template(empty, _references(), auto_threshold=True, **opts)
     assert none.separation is not None and none.separation < 0.8
-    assert none.threshold == 0.5 and len(none) == 0
+    assert not none.split and none.threshold == 0.5 and len(none) == 0
 
 
 def test_pick_template_fom_is_a_local_correlation() -> None:

@@ -1000,6 +1000,8 @@ class TemplatePicks:
     separation
         With ``auto_threshold``: the fraction of the candidates' variance Otsu's split explains
         (``threshold`` is the split when it reaches ``min_separation``); else None.
+    split
+        ``threshold`` is this micrograph's split (else the ``threshold`` given).
     """
 
     xy: torch.Tensor
@@ -1016,6 +1018,7 @@ class TemplatePicks:
     mask_diameter_angstrom: float
     candidate_fom: torch.Tensor
     separation: float | None = None
+    split: bool = False
 
     def __len__(self) -> int:
         return int(self.fom.shape[0])
@@ -1242,11 +1245,12 @@ def pick_template(
     yx = refine_subpixel(fom, index).to(torch.float64)
     keep = suppress_close(yx, values, min_dist / pix)
     candidate_fom = values[keep].to(torch.float64)
-    separation = None
+    separation, split = None, False
     if auto_threshold:
-        split, separation = otsu_threshold(candidate_fom[candidate_fom >= 0])
-        if separation >= min_separation:
-            threshold = split
+        otsu, separation = otsu_threshold(candidate_fom[candidate_fom >= 0])
+        split = separation >= min_separation
+        if split:
+            threshold = otsu
     keep = keep & (values >= threshold)
     n_rejected = 0
     if max_stddev_noise is not None:
@@ -1271,6 +1275,7 @@ def pick_template(
         mask_diameter_angstrom=mask_d,
         candidate_fom=candidate_fom,
         separation=separation,
+        split=split,
     )
 
 

@@ -518,8 +518,7 @@ class PickTemplate(PerItemJob):
             plot_picks(
                 png, shown.cpu().numpy(), xy, diameter / angpix, scale=(w / ww, h / hw),
                 title=f"{PurePosixPath(key).name}: {n} picks (threshold {picks.threshold:.2f}"
-                + (" auto" if picks.separation is not None
-                   and picks.threshold != float(p["threshold"]) else "") + ", "
+                + (" auto" if picks.split else "") + ", "
                 f"{len(refs.images)} references"
                 + (f", {picks.n_rejected} dropped by --max-stddev-noise)" if picks.n_rejected
                    else ")"),
@@ -536,6 +535,7 @@ class PickTemplate(PerItemJob):
             "fom_counts": counts.astype(int).tolist(),
             "threshold": picks.threshold,
             "separation": picks.separation,
+            "split": picks.split,
             "diameter": diameter,
             "mask_diameter": mask,
         }
@@ -566,8 +566,7 @@ class PickTemplate(PerItemJob):
         if not ctx.params.get("auto_threshold"):
             return line
         fixed = float(ctx.params["threshold"])
-        split = [float(r["threshold"]) for _, r in results if r.get("separation") is not None
-                 and float(r["separation"]) >= 0.8]
+        split = [float(r["threshold"]) for _, r in results if r.get("split")]
         n = len([r for _, r in results if r.get("separation") is not None])
         if not n:
             return line
