@@ -421,8 +421,12 @@ def summarise_iteration(
     n_scored: float,
     fine_poses: int,
     seconds: tuple[float, float],
+    centring_px: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """A JSON-able summary of an iteration (log-likelihood, classes, resolution, timing)."""
+    """A JSON-able summary of an iteration (log-likelihood, classes, resolution, timing).
+
+    ``centring_px``: the ``(K, 2)`` shifts of :func:`centre_classes`, if any.
+    """
     n = model.box_size
     apix = model.pixel_size_angstrom
     sampling = setup.sampling
@@ -431,7 +435,9 @@ def summarise_iteration(
         float((new_state.class_index[seen] != state.class_index[seen]).to(torch.float64).mean())
         if bool(seen.any()) else 1.0
     )
-    return {
+    info: dict[str, Any] = {} if centring_px is None else {
+        "class_centring_px": [round(float(v), 3) for v in centring_px.norm(dim=1)]}
+    return info | {
         "iteration": new_model.iteration,
         "log_likelihood": new_model.log_likelihood,
         "average_pmax": new_model.average_pmax,
@@ -476,8 +482,7 @@ def iterate(
     shifts = centre_classes(new_model, new_state, setup, options)
     info = summarise_iteration(model, new_model, state, new_state, setup, options,
                     n_scored=float(stats.count.sum()), fine_poses=fine_poses,
-                    seconds=(t_e - t0, time.perf_counter() - t_e))
-    info["class_centring_px"] = [round(float(v), 3) for v in shifts.norm(dim=1)]
+                    seconds=(t_e - t0, time.perf_counter() - t_e), centring_px=shifts)
     return new_model, new_state, info
 
 

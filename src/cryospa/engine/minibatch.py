@@ -231,8 +231,8 @@ def minibatch_step(
     running.shift_classes(shifts, setup.sampling.fine_psi)
     info = summarise_iteration(model, new_model, state, new_state, setup, options,
                                n_scored=n_batch, fine_poses=fine_poses,
-                               seconds=(t_e - t0, time.perf_counter() - t_e))
-    info["class_centring_px"] = [round(float(v), 3) for v in shifts.norm(dim=1)]
+                               seconds=(t_e - t0, time.perf_counter() - t_e),
+                               centring_px=shifts)
     info["minibatch_size"] = int(n_batch)
     info["minibatch_weight"] = round(eta, 5)
     info["replaced_classes"] = (
